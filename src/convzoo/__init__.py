@@ -10,7 +10,19 @@ from .registry import get_model, list_models, register_model
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name: str):
+    # Training pulls in the data and evaluation stacks: import it only when asked.
+    if name in ("train", "TrainConfig"):
+        from . import train as _train_pkg
+
+        return getattr(_train_pkg, name)
+    raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
+
+
 __all__ = [
+    "TrainConfig",
     "ConvzooError",
     "Summary",
     "__version__",
@@ -18,4 +30,5 @@ __all__ = [
     "list_models",
     "register_model",
     "summary",
+    "train",
 ]
