@@ -1,0 +1,147 @@
+"""Evaluation: accuracy, loss, per-class accuracy, confusion matrix, test-time augmentation.
+
+Everything is computed on whole batches and then on the whole set of logits at once:
+there is no per-sample Python. The model is switched to eval mode for the pass (so
+GoogLeNet's auxiliary heads are off and batch norm uses its running statistics) and
+every submodule's mode is restored afterwards.
+
+Test-time augmentation (``tta=True``) averages the softmax of each image and of its
+horizontal mirror, the cheapest of the multi-view evaluations of Krizhevsky et al. (2012)
+and Szegedy et al. (2015), who averaged 10 and 144 crops respectively; here the two
+views are the full image and its flip, with no cropping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import DataError
+
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "metrics_from_logits",
+    "predict_logits",
+]
+
+
+@dataclass
+class EvalResult:
+    """The figures of one evaluation pass.
+
+    ``accuracy`` is a fraction in [0, 1]; ``per_class_accuracy[k]`` is the fraction of
+    class ``k``'s images predicted as ``k`` (NaN for a class with no images);
+    ``confusion[t][p]`` counts images of true class ``t`` predicted as ``p``.
+    """
+
+    accuracy: float
+    loss: float
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]
+    num_samples: int
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (NaN per-class accuracies become None)."""
+        d = asdict(self)
+        d["per_class_accuracy"] = [None if math.isnan(a) else a for a in self.per_class_accuracy]
+        return d
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block, then restore every submodule's own mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _logits_of(output) -> Tensor:
+    # A model that still returns (logits, aux...) despite eval mode: keep the main head.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _hard_labels(y: Tensor) -> Tensor:
+    # Soft (N, K) targets (mixup/cutmix) are reduced to their largest class.
+    return y.argmax(dim=1) if y.is_floating_point() and y.dim() == 2 else y.long()
+
+
+def predict_logits(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, tta: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Run ``model`` over every batch of ``loader``.
+
+    Returns ``(logits, labels)`` on the CPU: float32 (N, K) and int64 (N,). With ``tta``
+    the "logits" are the log of the averaged softmax of the image and its horizontal
+    flip, so that ``softmax`` of them is the averaged probability and cross-entropy on
+    them is the loss of the averaged prediction.
+    """
+    outs: list[Tensor] = []
+    labels: list[Tensor] = []
+    with eval_mode(model), torch.inference_mode():
+        for x, y in loader:
+            logits = _logits_of(model(x)).float()  # (N, K)
+            if tta:
+                flipped = _logits_of(model(torch.flip(x, dims=(-1,)))).float()  # (N, K)
+                probs = (logits.softmax(dim=1) + flipped.softmax(dim=1)) / 2
+                logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+            outs.append(logits)
+            labels.append(_hard_labels(y))
+    if not outs:
+        raise DataError("nothing to evaluate: the data loader yielded no batches")
+    return torch.cat(outs).cpu(), torch.cat(labels).cpu()
+
+
+def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int) -> EvalResult:
+    """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix of a set of logits."""
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"expected logits of shape (N, {num_classes}), got {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"{logits.shape[0]} logits but {labels.numel()} labels")
+    n = labels.numel()
+    if n == 0:
+        raise DataError("nothing to evaluate: no samples")
+    labels = labels.long()
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise DataError(
+            f"labels must lie in [0, {num_classes}), got values from "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
+    logits = logits.float()
+    preds = logits.argmax(dim=1)
+    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes**2)
+    confusion = confusion.reshape(num_classes, num_classes)  # [true, predicted]
+    support = confusion.sum(dim=1)
+    correct = confusion.diagonal()
+    per_class = torch.where(
+        support > 0, correct.double() / support.clamp_min(1).double(), float("nan")
+    )
+    return EvalResult(
+        accuracy=float(correct.sum()) / n,
+        loss=float(F.cross_entropy(logits, labels)),
+        per_class_accuracy=[float(a) for a in per_class],
+        confusion=confusion.tolist(),
+        num_samples=n,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    *,
+    tta: bool = False,
+) -> EvalResult:
+    """Evaluate ``model`` on every batch of ``loader`` (see :func:`predict_logits`)."""
+    logits, labels = predict_logits(model, loader, tta=tta)
+    return metrics_from_logits(logits, labels, num_classes)
