@@ -1,0 +1,211 @@
+"""DenseNet (Huang, Liu, van der Maaten and Weinberger, "Densely Connected
+Convolutional Networks", CVPR 2017).
+
+Dense blocks, in which every layer's output is concatenated to its input, alternate
+with transition blocks that shrink the channels and halve the height and width. The
+registered models are DenseNet-BC (1x1 bottleneck layers, compression 0.5) from the
+paper's Table 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..registry import register_model
+from .layers import ConvNet, Spatial, init_weights, min_input_size, scale_width
+
+# name -> (growth rate, layers per dense block, channels of the stem): Table 1.
+ARCHS: dict[str, tuple[int, tuple[int, ...], int]] = {
+    "densenet121": (32, (6, 12, 24, 16), 64),
+    "densenet161": (48, (6, 12, 36, 24), 96),
+    "densenet169": (32, (6, 12, 32, 32), 64),
+    "densenet201": (32, (6, 12, 48, 32), 64),
+}
+
+
+class ConvBlock(nn.Sequential):
+    """BN, ReLU, conv: a Sequential made by :func:`conv_block`."""
+
+
+class Transition(nn.Sequential):
+    """A transition block: a Sequential made by :func:`transition_block`."""
+
+
+def conv_block(in_channels: int, channels: int, kernel_size: int = 3) -> ConvBlock:
+    """The seed's ``conv_block``: batch norm, ReLU, then a bias-free convolution
+    (``kernel_size``, padding that keeps the height and width): the pre-activation
+    order DenseNet uses."""
+    return ConvBlock(
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
+    )
+
+
+class DenseBlock(nn.Module):
+    """The seed's ``DenseBlock``: ``num_layers`` layers, each adding ``growth_rate``
+    channels that are concatenated to its input.
+
+    With ``bottleneck`` (DenseNet-B, the paper's default for ImageNet) a layer is
+    ``conv_block`` 1x1 to ``bn_size * growth_rate`` channels then ``conv_block`` 3x3
+    to ``growth_rate``; without it, a single 3x3 ``conv_block`` as in the seed.
+    Output channels: ``in_channels + num_layers * growth_rate``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        in_channels: int,
+        growth_rate: int,
+        *,
+        bottleneck: bool = True,
+        bn_size: int = 4,
+    ) -> None:
+        super().__init__()
+        layers = []
+        c = in_channels
+        for _ in range(num_layers):
+            if bottleneck:
+                inner = bn_size * growth_rate
+                layers.append(
+                    nn.Sequential(conv_block(c, inner, 1), conv_block(inner, growth_rate, 3))
+                )
+            else:
+                layers.append(conv_block(c, growth_rate, 3))
+            c += growth_rate
+        self.net = nn.ModuleList(layers)
+        self.out_channels = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = torch.cat([x, layer(x)], dim=1)  # (N, C + growth_rate, H, W)
+        return x
+
+
+def transition_block(in_channels: int, channels: int) -> Transition:
+    """The seed's ``transition_block``: batch norm, ReLU, 1x1 conv to ``channels``,
+    2x2 average pool with stride 2 (halves the height and width)."""
+    return Transition(
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, channels, 1, bias=False),
+        nn.AvgPool2d(2, 2),
+    )
+
+
+class DenseNet(ConvNet):
+    """A DenseNet with ``block_config[i]`` layers in dense block ``i``.
+
+    Faithful form (224 px): 7x7/2 conv (``init_channels``), BN, ReLU, 3x3/2 max pool,
+    dense blocks separated by transition blocks that keep ``compression`` of the
+    channels, then BN, ReLU, global average pool, dense to the classes (the paper's
+    7x7 pool at 224 px). Defaults are DenseNet-BC (``bottleneck=True``,
+    ``compression=0.5``). The seed's simpler network (3x3 conv blocks, transitions
+    halving the channels) is ``bottleneck=False, compression=0.5``; the paper's plain
+    DenseNet is ``bottleneck=False, compression=1.0``. He initialisation.
+
+    Small-input form (28-32 px): the stem is a 3x3 conv with stride 1 and no max pool,
+    as the paper did for CIFAR; the four dense blocks are kept (28 -> 28 -> 14 -> 7 -> 3).
+
+    ``width`` scales the growth rate and the stem's channels.
+    """
+
+    def __init__(
+        self,
+        *,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        init_channels: int = 64,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        small_input: bool = False,
+        width: float = 1.0,
+        bottleneck: bool = True,
+        bn_size: int = 4,
+        compression: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not 0 < compression <= 1:
+            raise ModelError(f"compression must be in (0, 1], got {compression!r}")
+        if not block_config or min(block_config) < 1:
+            raise ModelError(f"block_config needs positive layer counts, got {block_config!r}")
+        self.small_input = small_input
+        self.in_channels = in_channels
+        growth = scale_width(growth_rate, width)
+        c = scale_width(init_channels, width)
+        ops: list[Spatial]
+        if small_input:
+            stem: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)]
+            ops = [(3, 1, 1, False)]
+        else:
+            stem = [
+                nn.Conv2d(in_channels, c, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            ]
+            ops = [(7, 2, 3, False), (3, 2, 1, False)]
+        self.stem = nn.Sequential(*stem)
+        blocks: list[nn.Module] = []
+        for i, n in enumerate(block_config):
+            block = DenseBlock(n, c, growth, bottleneck=bottleneck, bn_size=bn_size)
+            blocks.append(block)
+            c = block.out_channels
+            if i != len(block_config) - 1:
+                out = max(1, int(c * compression))
+                blocks.append(transition_block(c, out))
+                ops.append((2, 2, 0, False))
+                c = out
+        self.blocks = nn.Sequential(*blocks)
+        self.min_input_size = min_input_size(ops)
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(c, num_classes),
+        )
+        init_weights(self, conv_mode="fan_in")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.stem(x)  # (N, 64, 56, 56) at 224 px
+        x = self.blocks(x)  # (N, 1024, 7, 7) for densenet121 at 224 px
+        return self.head(x)  # (N, num_classes)
+
+
+def _densenet(name: str, **options: Any) -> DenseNet:
+    growth, config, init = ARCHS[name]
+    spec: dict[str, Any] = dict(growth_rate=growth, block_config=config, init_channels=init)
+    model = DenseNet(**{**spec, **options})
+    model.name = name
+    return model
+
+
+@register_model
+def densenet121(**options: Any) -> DenseNet:
+    """DenseNet-BC-121: growth 32, (6, 12, 24, 16); options as :class:`DenseNet`."""
+    return _densenet("densenet121", **options)
+
+
+@register_model
+def densenet161(**options: Any) -> DenseNet:
+    """DenseNet-BC-161: growth 48, (6, 12, 36, 24), 96-channel stem; options as :class:`DenseNet`."""
+    return _densenet("densenet161", **options)
+
+
+@register_model
+def densenet169(**options: Any) -> DenseNet:
+    """DenseNet-BC-169: growth 32, (6, 12, 32, 32); options as :class:`DenseNet`."""
+    return _densenet("densenet169", **options)
+
+
+@register_model
+def densenet201(**options: Any) -> DenseNet:
+    """DenseNet-BC-201: growth 32, (6, 12, 48, 32); options as :class:`DenseNet`."""
+    return _densenet("densenet201", **options)
