@@ -71,7 +71,10 @@ def stratified_split(
 def channel_stats(
     images: torch.Tensor, chunk: int = 8192
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units."""
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units.
+
+    A constant channel (std 0) is given std 1.0.
+    """
     if images.ndim != 4 or images.shape[0] == 0:
         raise DataError(
             f"channel_stats needs a non-empty (N, C, H, W) batch, got {tuple(images.shape)}"
@@ -88,7 +91,8 @@ def channel_stats(
     var = (total_sq / count - mean.square()).clamp_min(0)
     std = var.sqrt() / 255.0
     mean = mean / 255.0
-    return tuple(float(m) for m in mean), tuple(max(float(s), 1e-8) for s in std)
+    # a constant channel gets std 1, so normalising it stays finite
+    return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
 
 
 class Loader:
