@@ -117,6 +117,14 @@ def test_soft_targets_with_mixup():
     torch.testing.assert_close(y.sum(1), torch.ones(10))
 
 
+def test_thread_setting_restored_between_batches():
+    images, labels = make_data()
+    before = torch.get_num_threads()
+    for _ in loader(images, labels, augment=build_augment(AugmentConfig(crop_padding=1), 5)):
+        assert torch.get_num_threads() == before  # the consumer (the model) gets every thread
+    assert torch.get_num_threads() == before
+
+
 def test_bad_arguments():
     images, labels = make_data()
     with pytest.raises(DataError, match="uint8"):

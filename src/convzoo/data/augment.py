@@ -7,7 +7,7 @@ operation allows; mixup returns float32 images in the same 0-255 units.
 
 * :func:`random_crop`: zero padding then a random crop back to H x W, as in the
   CIFAR experiments of He et al. 2016 (4 px) - done as a per-sample translation by
-  index arithmetic and one ``gather``.
+  index arithmetic and one ``gather`` (which also does the flip when both are on).
 * :func:`hflip`: random horizontal flip with probability 1/2.
 * :func:`random_erasing`: Zhong et al. 2017; departs from the paper by filling the
   erased rectangle with one random grey level per image instead of per-pixel noise.
@@ -74,20 +74,30 @@ def _beta(alpha: float, g: torch.Generator) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
-    """Pad each image with ``padding`` zeros on every side, then crop H x W at a random place."""
-    if padding <= 0:
+def random_crop(
+    x: torch.Tensor, padding: int, g: torch.Generator, flip: bool = False
+) -> torch.Tensor:
+    """Pad each image with ``padding`` zeros on every side, then crop H x W at a random place.
+
+    With ``flip``, each image is also flipped left-right with probability 1/2, in the same
+    single gather (a flip is a mirrored column index).
+    """
+    if padding <= 0 and not flip:
         return x
     n, c, h, w = x.shape
-    p = padding
-    xp = F.pad(x, (p, p, p, p))  # (N, C, H+2p, W+2p), zero fill
+    p = max(padding, 0)
+    xp = F.pad(x, (p, p, p, p)) if p else x  # (N, C, H+2p, W+2p), zero fill
     wp = w + 2 * p
     dy = torch.randint(0, 2 * p + 1, (n,), generator=g).to(x.device)
     dx = torch.randint(0, 2 * p + 1, (n,), generator=g).to(x.device)
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
-    cols = dx[:, None] + torch.arange(w, device=x.device)  # (N, W)
-    index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
-    return xp.flatten(2).gather(2, index).view(n, c, h, w)
+    j = torch.arange(w, device=x.device)
+    cols = dx[:, None] + j  # (N, W)
+    if flip:
+        mirrored = (_uniform(n, g, x.device) < 0.5)[:, None]
+        cols = torch.where(mirrored, dx[:, None] + (w - 1 - j), cols)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)) * wp  # (N, H) row offsets
+    index = (rows[:, :, None] + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
+    return xp.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def hflip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -199,8 +209,8 @@ class Augment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         if cfg.crop_padding:
-            x = random_crop(x, cfg.crop_padding, g)
-        if cfg.flip:
+            x = random_crop(x, cfg.crop_padding, g, flip=cfg.flip)  # one gather for both
+        elif cfg.flip:
             x = hflip(x, g)
         if cfg.erasing:
             x = random_erasing(x, cfg.erasing, g)

@@ -278,26 +278,25 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
 def read_cifar_tarball(archive: str | os.PathLike) -> dict[str, bytes]:
     """The CIFAR-10 batch files of a python tarball, read without extracting anything.
 
-    Every member is checked first: absolute paths, ``..`` components, links and device
-    files make the whole archive be refused with DataError. Returns {member basename: bytes}.
+    Every member is checked: an absolute path, a ``..`` component, a link or a device file
+    makes the whole archive be refused with DataError. Returns {member basename: bytes}.
     """
     archive = Path(archive)
     wanted = set(locate.CIFAR_MEMBERS) | {"batches.meta"}
     out: dict[str, bytes] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+            # one pass in archive order (a gzip stream only seeks forward cheaply); the
+            # batches read so far are only in memory, so a bad member later loses nothing
+            for member in tar:
                 _check_member(member, archive)
-            for member in members:
                 base = posixpath.basename(member.name)
                 if member.isfile() and base in wanted and base not in out:
                     if member.size > _MAX_CIFAR_MEMBER:
                         raise DataError(f"{archive}: member {member.name!r} is implausibly large")
                     f = tar.extractfile(member)
-                    if f is None:
-                        continue
-                    out[base] = f.read()
+                    if f is not None:
+                        out[base] = f.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{archive}: not a readable tar.gz archive ({exc})") from None
     return out

@@ -95,6 +95,28 @@ def channel_stats(
     return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
 
 
+class _one_thread:
+    """Run a batch's small, memory-bound CPU ops on one thread, then restore the setting.
+
+    At 28-32 px a batch op takes microseconds, so a parallel region costs more than it
+    saves, and on a busy machine waiting for a descheduled helper thread can make each op
+    take milliseconds. Big ops (resizing to 224 px, the model) keep all threads.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.active = device.type == "cpu"
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.saved = torch.get_num_threads()
+            if self.saved != 1:
+                torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.active and self.saved != 1:
+            torch.set_num_threads(self.saved)
+
+
 class Loader:
     """Batches of a whole in-memory split, ready for the model.
 
@@ -159,7 +181,7 @@ class Loader:
         self.resize, self.channels_last = resize, channels_last
         self.augment, self.num_classes = augment, num_classes
         self.rank, self.world_size = rank, world_size
-        # normalisation fused into one multiply-add: x * scale + shift
+        # normalisation fused into one multiply-add: shift + x * scale (uint8 x promoted)
         std_t = torch.tensor(std, dtype=torch.float32)
         mean_t = torch.tensor(mean, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1).to(self.device)
@@ -209,11 +231,8 @@ class Loader:
             idx = perm[b * bs : min((b + 1) * bs, n)]
             if self.world_size > 1:
                 idx = torch.tensor_split(idx, self.world_size)[self.rank]
-            x = self.images.index_select(0, idx)  # uint8 (B, C, H, W)
-            y = self.labels.index_select(0, idx)  # int64 (B,)
-            if self.augment is not None:
-                x, y = self.augment(x, y, self.batch_generator(epoch, b))
-            x = x.float().mul_(self._scale).add_(self._shift)  # (B, C, H, W) normalised
+            with _one_thread(self.device):
+                x, y = self._prepare(idx, epoch, b)
             if self.resize is not None and x.shape[-2:] != (self.resize, self.resize):
                 x = F.interpolate(
                     x, size=(self.resize, self.resize), mode="bilinear", align_corners=False
@@ -221,6 +240,13 @@ class Loader:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
+
+    def _prepare(self, idx: torch.Tensor, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images.index_select(0, idx)  # uint8 (B, C, H, W)
+        y = self.labels.index_select(0, idx)  # int64 (B,)
+        if self.augment is not None:
+            x, y = self.augment(x, y, self.batch_generator(epoch, b))
+        return torch.addcmul(self._shift, x, self._scale), y  # float32 (B, C, H, W)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
