@@ -391,8 +391,11 @@ def _stack(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Ten
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> Dataset:
-    """A dataset from a folder with one subfolder of images per class (see module doc)."""
-    root = Path(root).expanduser()
+    """A dataset from a folder with one subfolder of images per class (see module doc).
+
+    The dataset's name and source are the folder's absolute path.
+    """
+    root = Path(root).expanduser().resolve()
     if (root / "train").is_dir() and (root / "test").is_dir():
         train = _class_folders(root / "train")
         test = _class_folders(root / "test")
