@@ -15,6 +15,16 @@ from convzoo.models.nin import mlpconv
 from convzoo.models.resnet import Bottleneck, Residual
 from convzoo.models.vgg import vgg_block, vgg_stack
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 ALL = list_models()
 
 # Parameters at num_classes=1000, in_channels=3, faithful form.
@@ -142,12 +152,12 @@ def test_faithful_forward_224(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_faithful_full_width_shapes_and_larger_inputs(name):
+def test_faithful_full_width_larger_inputs(name):
     # Full width on the meta device: shapes only, no arithmetic.
     model = meta_model(name).eval()
-    for h, w in ((224, 224), (320, 288)):
-        out = model(torch.empty(2, 3, h, w, device="meta"))
-        assert out.shape == (2, 1000)
+    # (224 px at full width is covered by the summaries in test_anatomy.py.)
+    out = model(torch.empty(2, 3, 320, 288, device="meta"))
+    assert out.shape == (2, 1000)
 
 
 def _forms():

@@ -43,12 +43,12 @@ class Summary:
             (r.name, r.kind, "x".join(map(str, r.output_shape)), f"{r.params:,}", human(r.macs))
             for r in self.rows
         ]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+        widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
         rule = "  ".join("-" * w for w in widths)
 
         def fmt(cells):
-            left = [c.ljust(w) for c, w in zip(cells[:3], widths[:3])]
-            right = [c.rjust(w) for c, w in zip(cells[3:], widths[3:])]
+            left = [c.ljust(w) for c, w in zip(cells[:3], widths[:3], strict=True)]
+            right = [c.rjust(w) for c, w in zip(cells[3:], widths[3:], strict=True)]
             return "  ".join(left + right).rstrip()
 
         out = [f"{self.model}, input {'x'.join(map(str, self.input_size))}", fmt(header), rule]
@@ -120,23 +120,25 @@ def summary(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Su
         if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             handles.append(mod.register_forward_hook(count))
 
-    for name, block in blocks(model):
+    names: dict[int, str] = {}
 
-        def pre(mod, inputs, key=id(block)):
-            started[key] = macs[0]
+    def pre(mod, inputs):
+        started[id(mod)] = macs[0]
 
-        def post(mod, inputs, output, name=name, key=id(block)):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            rows.append(
-                Row(
-                    name=name,
-                    kind=type(mod).__name__,
-                    output_shape=tuple(out.shape[1:]),
-                    params=sum(p.numel() for p in mod.parameters()),
-                    macs=macs[0] - started.pop(key),
-                )
+    def post(mod, inputs, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        rows.append(
+            Row(
+                name=names[id(mod)],
+                kind=type(mod).__name__,
+                output_shape=tuple(out.shape[1:]),
+                params=sum(p.numel() for p in mod.parameters()),
+                macs=macs[0] - started.pop(id(mod)),
             )
+        )
 
+    for name, block in blocks(model):
+        names[id(block)] = name
         handles.append(block.register_forward_pre_hook(pre))
         handles.append(block.register_forward_hook(post))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -59,9 +60,7 @@ def check_model_name(name: str) -> None:
     if name not in _REGISTRY:
         hint = closest_names(name)
         did_you_mean = f"; did you mean {', '.join(hint)}?" if hint else ""
-        raise ModelError(
-            f"unknown model {name!r}{did_you_mean} (`convzoo list` shows them all)"
-        )
+        raise ModelError(f"unknown model {name!r}{did_you_mean} (`convzoo list` shows them all)")
 
 
 def get_model(
@@ -89,7 +88,12 @@ def get_model(
         raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ModelError(f"in_channels must be a positive integer, got {in_channels!r}")
-    if not isinstance(width, (int, float)) or not width > 0:
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, (int, float))
+        or not math.isfinite(width)
+        or not width > 0
+    ):
         raise ModelError(f"width must be a positive number, got {width!r}")
     try:
         return _REGISTRY[name](

@@ -33,6 +33,10 @@ AUX_AFTER = ("4a", "4d")  # where the auxiliary classifiers branch off
 AUX_LOSS_WEIGHT = 0.3  # the paper's weight of each auxiliary loss
 
 
+class BasicConv(nn.Sequential):
+    """Conv, optional batch norm, ReLU (one row in :func:`convzoo.summary`)."""
+
+
 def _conv(cin: int, cout: int, k: int, batch_norm: bool, **kw: int) -> list[nn.Module]:
     # The BN variant has bias-free convolutions and eps 1e-3 (as torchvision).
     return conv_relu(cin, cout, k, batch_norm=batch_norm, bias=not batch_norm, bn_eps=1e-3, **kw)
@@ -165,13 +169,13 @@ class GoogLeNet(ConvNet):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         ops: list[Spatial] = []
         k1, s1, p1 = (3, 1, 1) if small_input else (7, 2, 3)
-        layers["conv1"] = nn.Sequential(*_conv(in_channels, w(64), k1, bn, stride=s1, padding=p1))
+        layers["conv1"] = BasicConv(*_conv(in_channels, w(64), k1, bn, stride=s1, padding=p1))
         ops.append((k1, s1, p1, False))
         pool("pool1")
         if lrn:
             layers["lrn1"] = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
-        layers["conv2"] = nn.Sequential(*_conv(w(64), w(64), 1, bn))
-        layers["conv3"] = nn.Sequential(*_conv(w(64), w(192), 3, bn, padding=1))
+        layers["conv2"] = BasicConv(*_conv(w(64), w(64), 1, bn))
+        layers["conv3"] = BasicConv(*_conv(w(64), w(192), 3, bn, padding=1))
         if lrn:
             layers["lrn2"] = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
         if not small_input:

@@ -82,8 +82,11 @@ def init_weights(model: nn.Module, *, conv_mode: str = "fan_out") -> None:
     Convolutions: Kaiming normal for ReLU (``conv_mode`` "fan_in" keeps the forward
     signal's scale, "fan_out" the backward one), zero bias. Batch norm: weight 1,
     bias 0. Linear layers: N(0, 0.01) as in the AlexNet and VGG papers, zero bias.
-    Deterministic given the torch seed.
+    Deterministic given the torch seed. Nothing to do for a model built on the meta
+    device (shapes only), which is then also quicker to build.
     """
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
