@@ -27,6 +27,7 @@ from .errors import DataError
 __all__ = [
     "EvalResult",
     "evaluate",
+    "load_training_data",
     "metrics_from_logits",
     "predict_logits",
 ]
@@ -145,3 +146,42 @@ def evaluate(
     """Evaluate ``model`` on every batch of ``loader`` (see :func:`predict_logits`)."""
     logits, labels = predict_logits(model, loader, tta=tta)
     return metrics_from_logits(logits, labels, num_classes)
+
+
+def load_training_data(data: dict, data_dir=None):
+    """The dataset a checkpoint was trained on, from its ``data`` entry.
+
+    ``data_dir`` overrides the directory training used; when it is not given and the
+    stored one is gone, a standard dataset is searched for in the usual places. Raises
+    DataError when the data found does not match what the model was trained on
+    (classes, channels).
+    """
+    from .data.datasets import DATASET_NAMES, load_dataset
+
+    name = str(data["dataset"])
+    h, w = (int(s) for s in data["image_size"])
+    # Image folders: resized to the stored size (square), or read at their own size.
+    size = None if name in DATASET_NAMES or h != w else h
+    stored = data.get("data_dir")
+    tries = [data_dir] if data_dir else [stored]
+    if not data_dir and stored and name in DATASET_NAMES:
+        tries.append(None)
+    for i, where in enumerate(tries):
+        try:
+            ds = load_dataset(name, where, image_size=size)
+            break
+        except DataError:
+            if i == len(tries) - 1:
+                raise
+    classes = [str(c) for c in data["classes"]]
+    if list(ds.classes) != classes:
+        raise DataError(
+            f"the data found at {ds.source} has classes {', '.join(ds.classes[:4])}, ... "
+            f"but the model was trained on {', '.join(classes[:4])}, ..."
+        )
+    if ds.in_channels != int(data["in_channels"]) or tuple(ds.image_size) != (h, w):
+        raise DataError(
+            f"the images at {ds.source} are {ds.in_channels}x{ds.image_size[0]}x"
+            f"{ds.image_size[1]}, the model was trained on {data['in_channels']}x{h}x{w}"
+        )
+    return ds

@@ -1,0 +1,153 @@
+"""convzoo eval: test-set accuracy, per-class accuracy and confusion matrix of a trained model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .common import positive_int
+
+CHECKPOINT_NAMES = ("best", "last")
+
+
+def add_model_arguments(p) -> None:
+    """The arguments that pick a trained model: TARGET, --which, --no-ema, --device."""
+    p.add_argument(
+        "target",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a run directory written by `convzoo train`, or a checkpoint file",
+    )
+    p.add_argument(
+        "--which",
+        choices=CHECKPOINT_NAMES,
+        default="best",
+        help="which checkpoint of a run directory (default: best)",
+    )
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="use the raw weights even when the checkpoint has EMA weights",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (default: auto = cuda when available)",
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model on its dataset's test set")
+    add_model_arguments(p)
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the image and its horizontal flip",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the dataset is (default: where training found it)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=512,
+        metavar="N",
+        help="evaluation batch size (default: 512)",
+    )
+    p.set_defaults(run=run)
+
+
+def resolve_device(name: str):
+    """'auto' -> cuda when available, else cpu; cuda without a CUDA device is a ConfigError."""
+    import torch
+
+    from ..errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_trained(args):
+    """(checkpoint path, checkpoint dict, model in eval mode on the device, device)."""
+    from ..errors import CheckpointError
+    from ..train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+
+    device = resolve_device(args.device)
+    path = Path(find_checkpoint(args.target, args.which))
+    ckpt = load_checkpoint(path)
+    data = ckpt.get("data")
+    needed = ("dataset", "classes", "mean", "std", "image_size", "in_channels")
+    if not isinstance(data, dict) or any(k not in data for k in needed):
+        raise CheckpointError(f"{path} lacks the description of its training data")
+    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device).eval()
+    return path, ckpt, model, device
+
+
+def _pct(x: float) -> str:
+    return "   n/a" if math.isnan(x) else f"{x * 100:6.2f}%"
+
+
+def format_report(result, classes: list[str]) -> str:
+    """Per-class accuracy and the confusion matrix as text."""
+    width = max(len(c) for c in classes)
+    lines = ["per-class accuracy"]
+    for i, (name, acc) in enumerate(zip(classes, result.per_class_accuracy, strict=True)):
+        support = sum(result.confusion[i])
+        lines.append(f"  {i:>2} {name.ljust(width)}  {_pct(acc)}  ({support:,} images)")
+    cell = max(4, len(f"{max(max(r) for r in result.confusion):,}") + 1)
+    lines.append("")
+    lines.append("confusion matrix (rows: true class, columns: predicted class)")
+    head = " " * (width + 6) + "".join(f"{j:>{cell}}" for j in range(len(classes)))
+    lines.append(head)
+    for i, row in enumerate(result.confusion):
+        lines.append(f"  {i:>2} {classes[i].ljust(width)} " + "".join(f"{c:>{cell},}" for c in row))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..data.loader import Loader
+    from ..evaluate import evaluate, load_training_data
+
+    path, ckpt, model, device = load_trained(args)
+    data = ckpt["data"]
+    ds = load_training_data(data, args.data_dir)
+    loader = Loader(
+        ds.test_images,
+        ds.test_labels,
+        batch_size=args.batch_size,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+    classes = [str(c) for c in data["classes"]]
+    result = evaluate(model, loader, len(classes), tta=args.tta)
+    if args.json:
+        out = {
+            "checkpoint": str(path),
+            "model": ckpt.get("model_name"),
+            "dataset": str(data["dataset"]),
+            "epoch": ckpt.get("epoch"),
+            "tta": bool(args.tta),
+            "classes": classes,
+            **result.to_dict(),
+        }
+        print(json.dumps(out))
+        return 0
+    print(f"checkpoint  {path}  ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')})")
+    print(
+        f"test set    {data['dataset']}, {result.num_samples:,} images"
+        + ("  (TTA: image + horizontal flip)" if args.tta else "")
+    )
+    print(f"accuracy    {result.accuracy * 100:.2f}%   loss {result.loss:.4f}")
+    print()
+    print(format_report(result, classes))
+    return 0
