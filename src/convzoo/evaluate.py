@@ -26,6 +26,7 @@ from .errors import DataError
 
 __all__ = [
     "EvalResult",
+    "eval_mode",
     "evaluate",
     "load_training_data",
     "metrics_from_logits",
