@@ -36,7 +36,9 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5x", "m", "h5", "-1", "0", "0s", "1h-5m", "5 minutes", "nan", "inf"])
+@pytest.mark.parametrize(
+    "text", ["", "5x", "m", "h5", "-1", "0", "0s", "1h-5m", "5 minutes", "nan", "inf"]
+)
 def test_parse_duration_rejects(text):
     with pytest.raises(ConfigError, match="time budget"):
         parse_duration(text)
@@ -54,8 +56,8 @@ def test_onecycle_rises_then_anneals():
     assert f[0] == pytest.approx(1 / ONECYCLE_DIV)
     peak = max(range(100), key=f.__getitem__)
     assert peak == 30 and f[30] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(f[:30], f[1:31]))  # rising
-    assert all(a >= b for a, b in zip(f[30:], f[31:]))  # falling
+    assert all(a <= b for a, b in zip(f[:30], f[1:31], strict=True))  # rising
+    assert all(a >= b for a, b in zip(f[30:-1], f[31:], strict=True))  # falling
     assert f[-1] < 1e-4  # the schedule completes
 
 
@@ -65,7 +67,7 @@ def test_cosine_warmup_and_end():
     assert f[0] == pytest.approx(1 / 6)  # linear warm-up over 5 steps
     assert f[4] == pytest.approx(5 / 6)
     assert f[5] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[5:], f[6:]))
+    assert all(a >= b for a, b in zip(f[5:-1], f[6:], strict=True))
     assert f[-1] < 0.01
 
 
@@ -87,7 +89,9 @@ def test_same_shape_at_any_length():
     """A recipe's schedule scaled to fewer steps keeps its shape."""
     long, short = Schedule("onecycle", 1000, 0.25), Schedule("onecycle", 100, 0.25)
     for frac in (0.0, 0.1, 0.25, 0.5, 0.9):
-        assert short.factor(int(frac * 100)) == pytest.approx(long.factor(int(frac * 1000)), abs=0.02)
+        assert short.factor(int(frac * 100)) == pytest.approx(
+            long.factor(int(frac * 1000)), abs=0.02
+        )
 
 
 def test_schedule_rejects_bad_values():
@@ -124,7 +128,9 @@ def _cost(s, done, spe, step_s, end_s, save_s=0.0, every=0):
     ],
 )
 def test_fit_steps_is_the_largest_that_fits(avail, step_s, end_s, done, spe, save_s, every):
-    s = fit_steps(avail, step_s, end_s, done=done, steps_per_epoch=spe, save_s=save_s, save_every=every)
+    s = fit_steps(
+        avail, step_s, end_s, done=done, steps_per_epoch=spe, save_s=save_s, save_every=every
+    )
     assert s >= done
     if s > done:
         assert _cost(s, done, spe, step_s, end_s, save_s, every) <= avail

@@ -287,17 +287,12 @@ def run(args) -> int:
 
     started = process_start()
     overrides = overrides_from_args(args)
-    quiet = overrides.get("quiet", False)
-
-    def log(line: str) -> None:
-        if not quiet:
-            print(line, file=sys.stderr, flush=True)
-
     if args.resume is not None:
         cfg = _resume_config(args.model, Path(args.resume), overrides, args.recipe)
         resume = args.resume
     else:
-        cfg = build_config(args.model, overrides, recipe=args.recipe, log=log)
+        # The recipe applied is printed by train() once the options are known to be usable.
+        cfg = build_config(args.model, overrides, recipe=args.recipe)
         resume = None
     command = _command(args, overrides)
     try:

@@ -399,11 +399,15 @@ class _Run:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
 
+        self._check_run_dir()
         self._load_data()
         self._make_run_dir()
         self._build_model()
         self._build_loaders()
         self._build_optimizer()
+        if cfg.recipe and self.ckpt is None:
+            log(f"recipe: {cfg.recipe}")
+        log(self._start_line)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -492,7 +496,7 @@ class _Run:
         else:
             why = "as asked"
         form = "small-input form" if cfg.small_input else "faithful form"
-        self.progress.info(
+        self._start_line = (
             f"{cfg.model} on {ds.name}: input {'x'.join(map(str, self.input_size))}, {form} "
             f"({why}); {self.num_train} training, {self.num_val} validation, "
             f"{len(ds.test_labels)} test images"
@@ -510,14 +514,7 @@ class _Run:
                 out = base.with_name(f"{base.name}-{i}")
             cfg.out = str(out)
         self.run_dir = Path(cfg.out)
-        if self.ckpt is None and self.run_dir.exists():
-            if (self.run_dir / "checkpoints").is_dir() or (self.run_dir / "result.json").exists():
-                raise ConfigError(
-                    f"{self.run_dir} already holds a run; continue it with --resume "
-                    f"{self.run_dir} or choose another --out"
-                )
-            if not self.run_dir.is_dir():
-                raise ConfigError(f"--out {self.run_dir} exists and is not a directory")
+        self._check_run_dir()
         self.ck_dir = self.run_dir / "checkpoints"
         try:
             self.ck_dir.mkdir(parents=True, exist_ok=True)
@@ -525,6 +522,20 @@ class _Run:
             raise ConfigError(
                 f"cannot create the run directory {self.run_dir}: {exc.strerror}"
             ) from None
+
+    def _check_run_dir(self) -> None:
+        """A new run never writes into the directory of another."""
+        if self.ckpt is not None or self.cfg.out is None:
+            return
+        out = Path(self.cfg.out)
+        if out.exists():
+            if (out / "checkpoints").is_dir() or (out / "result.json").exists():
+                raise ConfigError(
+                    f"{out} already holds a run; continue it with --resume {out} or choose "
+                    "another --out"
+                )
+            if not out.is_dir():
+                raise ConfigError(f"--out {out} exists and is not a directory")
 
     def _build_model(self) -> None:
         from ..registry import get_model
