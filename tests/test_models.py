@@ -428,3 +428,15 @@ def test_resnet_needs_four_stages():
 
     with pytest.raises(ModelError, match="four positive"):
         ResNet(Residual, (2, 2))
+
+
+def test_plain_networks_use_kaiming_fan_in_and_small_output_layers():
+    torch.manual_seed(0)
+    vgg = get_model("vgg11", width=0.25, num_classes=10, small_input=True)
+    hidden, out = vgg.classifier[1], vgg.classifier[-1]
+    assert hidden.weight.std().item() == pytest.approx((2 / hidden.in_features) ** 0.5, rel=0.05)
+    assert out.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    conv = vgg.features[2][0]  # 32 -> 64 channels, fan in 32 * 9
+    assert conv.weight.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
+    nin = get_model("nin", width=0.25, num_classes=10)
+    assert nin.net[-3][-2].weight.std().item() == pytest.approx(0.01, rel=0.3)

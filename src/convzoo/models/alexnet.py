@@ -34,8 +34,9 @@ class AlexNet(ConvNet):
     average pool (as in torchvision; the identity at 224 px, so larger images work),
     then 9216 -> 4096 -> 4096 -> classes with dropout 0.5 after each hidden dense
     layer. Departures from the paper: no split over two GPUs (so no grouped
-    convolutions: 62.4M parameters), He initialisation for the convolutions
-    (N(0, 0.01) for the dense layers, zero biases), and local response normalisation
+    convolutions: 62.4M parameters), He initialisation (fan in) with zero biases
+    instead of N(0, 0.01) with some biases at 1 (the output layer keeps N(0, 0.01)),
+    and local response normalisation
     only with ``lrn=True`` (after the ReLU of conv1 and conv2, size 5, k=2,
     alpha=1e-4, beta=0.75 as in the paper; PyTorch divides alpha by the size, so it
     is given 5e-4).
@@ -89,7 +90,7 @@ class AlexNet(ConvNet):
             n = d
         head.append(nn.Linear(n, num_classes))
         self.classifier = nn.Sequential(*head)
-        init_weights(self, conv_mode="fan_in")
+        init_weights(self, conv_mode="fan_in", outputs=[self.classifier[-1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -170,7 +170,7 @@ class DenseNet(ConvNet):
             nn.Flatten(),
             nn.Linear(c, num_classes),
         )
-        init_weights(self, conv_mode="fan_in")
+        init_weights(self, conv_mode="fan_in", outputs=[self.head[-1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -201,7 +201,10 @@ class GoogLeNet(ConvNet):
             self.aux2 = AuxClassifier(aux_channels[1], num_classes, width=width, batch_norm=bn)
         else:
             self.aux1 = self.aux2 = None
-        init_weights(self, conv_mode="fan_in")
+        outputs = [self.head[-1]] + [
+            aux.net[-1] for aux in (self.aux1, self.aux2) if aux is not None
+        ]
+        init_weights(self, conv_mode="fan_in", outputs=outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_input(x)

@@ -76,28 +76,33 @@ def conv_relu(
     return layers
 
 
-def init_weights(model: nn.Module, *, conv_mode: str = "fan_out") -> None:
+def init_weights(
+    model: nn.Module, *, conv_mode: str = "fan_in", outputs: Iterable[nn.Module] = ()
+) -> None:
     """He et al. (2015) initialisation, the default of every family here.
 
-    Convolutions: Kaiming normal for ReLU (``conv_mode`` "fan_in" keeps the forward
-    signal's scale, "fan_out" the backward one), zero bias. Batch norm: weight 1,
-    bias 0. Linear layers: N(0, 0.01) as in the AlexNet and VGG papers, zero bias.
-    Deterministic given the torch seed. Nothing to do for a model built on the meta
-    device (shapes only), which is then also quicker to build.
+    Convolutions and hidden dense layers: Kaiming normal for ReLU (``conv_mode``
+    "fan_in" keeps the forward signal's scale, which matters in the networks without
+    batch norm; "fan_out" the backward one), zero bias. Batch norm: weight 1, bias 0.
+    The output layers (``outputs``: the classifiers, dense or 1x1 conv) get
+    N(0, 0.01) as in the AlexNet and VGG papers, so the first predictions are close
+    to uniform. Deterministic given the torch seed. Nothing to do for a model built
+    on the meta device (shapes only), which is then also quicker to build.
     """
     if any(p.is_meta for p in model.parameters()):
         return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm)):
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in outputs:
+        nn.init.normal_(m.weight, 0.0, 0.01)
 
 
 class ConvNet(nn.Module):

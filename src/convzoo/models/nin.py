@@ -55,7 +55,9 @@ class NiN(ConvNet):
     by a 3x3/2 max pool (224 -> 54 -> 26 -> 12 -> 5), dropout 0.5, a final mlpconv
     (3x3) with ``num_classes`` channels, global average pooling; no dense layer. This
     is the seed's (and d2l's) ImageNet plan; the paper's own ImageNet model is not
-    given in the paper. He initialisation.
+    given in the paper. He initialisation (fan in); the last 1x1 conv, which
+    gives the class scores, starts from N(0, 0.01). Without batch norm, and with the
+    ReLU on the class scores, it starts slowly with plain SGD; Adam or a warmup helps.
 
     Small-input form (28-32 px): the same blocks, but the first convolution is 3x3
     with stride 1 and padding 1, and the max pools have padding 1 (28 -> 14 -> 7 -> 4,
@@ -93,7 +95,7 @@ class NiN(ConvNet):
         blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*blocks)
         self.min_input_size = min_input_size(ops)
-        init_weights(self, conv_mode="fan_in")
+        init_weights(self, conv_mode="fan_in", outputs=[self.net[-3][-2]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

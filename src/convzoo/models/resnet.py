@@ -108,9 +108,9 @@ class ResNet(ConvNet):
 
     Faithful form (224 px): 7x7/2 conv (64), BN, ReLU, 3x3/2 max pool, four stages
     (64, 128, 256, 512 channels; the first block of stages 2-4 has stride 2), global
-    average pool, dense to the classes. He initialisation (fan out) as in the paper;
-    ``zero_init_residual`` starts each block's last batch norm at zero (Goyal et al.
-    2017), so every block begins as the identity.
+    average pool, dense to the classes. He initialisation (fan out) as in the paper,
+    N(0, 0.01) for the output layer; ``zero_init_residual`` starts each block's last
+    batch norm at zero (Goyal et al. 2017), so every block begins as the identity.
 
     Small-input form (28-32 px): the stem is a 3x3 conv with stride 1 and no max pool,
     as the paper did for CIFAR-10; the four stages are kept (28 -> 28 -> 14 -> 7 -> 4).
@@ -164,7 +164,7 @@ class ResNet(ConvNet):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.min_input_size = min_input_size(ops)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
-        init_weights(self, conv_mode="fan_out")
+        init_weights(self, conv_mode="fan_out", outputs=[self.head[-1]])
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -82,9 +82,10 @@ class VGG(ConvNet):
     Faithful form (224 px): the paper's five blocks (224 -> 7), an adaptive 7x7
     average pool (as in torchvision; the identity at 224 px, so larger images work),
     then 25088 -> 4096 -> 4096 -> classes with ReLU and dropout 0.5. He
-    initialisation for the convolutions (the paper trained configuration A from
-    N(0, 0.01) and initialised deeper ones from it; it notes that Glorot-style
-    initialisation works as well), N(0, 0.01) for the dense layers.
+    initialisation (fan in) for the convolutions and hidden dense layers, N(0, 0.01)
+    for the output layer: the paper trained configuration A from N(0, 0.01) and
+    initialised deeper ones from it, noting that Glorot-style initialisation works
+    without that; N(0, 0.01) everywhere does not train the deep or narrow forms.
 
     Small-input form (28-32 px): the same blocks and dense layers, but the max pools
     round up (``ceil_mode``), so 28 px goes 28 -> 14 -> 7 -> 4 -> 2 -> 1 where five
@@ -123,7 +124,7 @@ class VGG(ConvNet):
             n = d
         head.append(nn.Linear(n, num_classes))
         self.classifier = nn.Sequential(*head)
-        init_weights(self, conv_mode="fan_out")
+        init_weights(self, conv_mode="fan_in", outputs=[self.classifier[-1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
