@@ -30,6 +30,7 @@ INCEPTIONS: dict[str, tuple[int, int, int, int, int, int]] = {
 # The Inception blocks of each stage; a max pool separates the stages.
 STAGES = (("3a", "3b"), ("4a", "4b", "4c", "4d", "4e"), ("5a", "5b"))
 AUX_AFTER = ("4a", "4d")  # where the auxiliary classifiers branch off
+AUX_LAYERS = tuple(f"inception{key}" for key in AUX_AFTER)
 AUX_LOSS_WEIGHT = 0.3  # the paper's weight of each auxiliary loss
 
 
@@ -212,8 +213,8 @@ class GoogLeNet(ConvNet):
         aux = []
         for name, layer in self.features.named_children():
             x = layer(x)  # ... -> (N, 1024, 7, 7) after inception5b at 224 px
-            if want_aux and name in ("inception4a", "inception4d"):
-                head = self.aux1 if name == "inception4a" else self.aux2
+            if want_aux and name in AUX_LAYERS:
+                head = (self.aux1, self.aux2)[AUX_LAYERS.index(name)]
                 aux.append(head(x))  # (N, num_classes)
         logits = self.head(x)  # (N, num_classes)
         if want_aux:
