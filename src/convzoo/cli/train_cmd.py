@@ -333,7 +333,7 @@ def _resume_config(model: str, run_dir: Path, overrides: dict, recipe: str | Non
     """The saved config of ``run_dir``; options given now must not change it."""
     from ..errors import CheckpointError, ConfigError
     from ..registry import check_model_name
-    from ..train.config import TrainConfig
+    from ..train.config import RESUME_OPTIONS, TrainConfig
 
     check_model_name(model)
     if not run_dir.exists():
@@ -353,9 +353,8 @@ def _resume_config(model: str, run_dir: Path, overrides: dict, recipe: str | Non
         raise CheckpointError(f"cannot resume: {run_dir} is a run of {saved['model']}, not {model}")
     if recipe is not None:
         raise ConfigError("--recipe cannot be used with --resume (the run keeps its recipe)")
-    may_change = {"quiet", "threads", "save_every_steps", "data_dir", "out"}
     for key, value in overrides.items():
-        if key in may_change:
+        if key in RESUME_OPTIONS or key == "out":
             continue
         if key == "model_options":
             value = {**saved.get("model_options", {}), **value}
@@ -368,7 +367,7 @@ def _resume_config(model: str, run_dir: Path, overrides: dict, recipe: str | Non
     if "out" in overrides and Path(overrides["out"]).resolve() != run_dir.resolve():
         raise ConfigError("--out cannot differ from --resume RUN_DIR")
     cfg = TrainConfig(model=model)
-    for key in ("quiet", "threads", "save_every_steps", "data_dir"):
+    for key in RESUME_OPTIONS:
         if key in overrides:
             setattr(cfg, key, overrides[key])
     return cfg

@@ -34,8 +34,9 @@ DEFAULT_ONECYCLE_WARMUP = 0.3
 
 # Keys a recipe may not set: they name the run, not how to train.
 NOT_IN_RECIPES = ("model", "recipe", "out", "resume", "quiet")
-# Keys that may differ when a run is resumed: they do not change what is computed.
-RESUMABLE_OVERRIDES = ("quiet", "threads", "save_every_steps", "out", "resume", "data_dir")
+# Options that may be given again when a run is resumed: they change where and how the
+# rest of the run is computed, not what (device and threads may change the last bits).
+RESUME_OPTIONS = ("quiet", "threads", "save_every_steps", "data_dir", "device")
 
 
 @dataclass

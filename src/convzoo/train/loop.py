@@ -367,6 +367,8 @@ class _Run:
                 f"cannot resume: the config saved in {path} is unusable ({exc})"
             ) from None
         cfg.quiet = given.quiet
+        if given.device != "auto":  # e.g. finishing on the CPU a run begun on a GPU
+            cfg.device = given.device
         for name in ("threads", "data_dir", "save_every_steps"):
             value = getattr(given, name)
             if value:  # None or 0: keep the saved value
@@ -383,6 +385,7 @@ class _Run:
         cfg = self.cfg
         log = self.progress.info
         self.device = resolve_device(cfg.device)
+        cfg.device = self.device.type
         if cfg.threads is None:
             cfg.threads = 1 if cfg.deterministic else default_threads()
         torch.set_num_threads(cfg.threads)
@@ -793,7 +796,8 @@ class _Run:
 
         val_s = self.num_val / eval_rate
         test_n = len(self.ds.test_labels)
-        final_s = test_n / eval_rate * (3 if cfg.tta else 1) + 2 * save_s + plot_s + 0.5
+        final_fixed_s = 2 * save_s + plot_s + 0.5
+        final_s = test_n / eval_rate * (3 if cfg.tta else 1) + final_fixed_s
         elapsed = time.perf_counter() - self.started
         avail = budget * (1 - BUDGET_MARGIN) - elapsed - final_s
         total = fit_steps(
@@ -819,6 +823,8 @@ class _Run:
             "eval_images_per_second": eval_rate,
             "epoch_end_seconds": val_s + save_s,
             "final_seconds": final_s,
+            "final_fixed_seconds": final_fixed_s,
+            "save_seconds": save_s,
             "setup_seconds": elapsed,
             "planned_seconds": elapsed
             + total * step_s
@@ -859,35 +865,61 @@ class _Run:
         except Exception:  # noqa: BLE001 - only a timing probe; the real plots report errors
             pass
 
-    def _replan(self) -> None:
-        """Under a time budget: re-fit the remaining steps to the measured speed."""
+    def _replan(self, force: bool = False) -> None:
+        """Under a time budget: re-fit the remaining steps to the measured speed.
+
+        Runs every 1% of the budget (at least every half second). The step time used
+        is the slower of a moving average and the latest window, so that a machine that
+        slows down is believed at once and one that speeds up only gradually; the plan
+        grows by at most 10% at a time.
+        """
         plan = self.budget_plan
         if plan is None or self.ckpt is not None or self.step >= self.total_steps:
             return
         now = time.perf_counter()
+        if not force and now - self._window_time < self._replan_interval:
+            return
+        self._sync()
+        now = time.perf_counter()
         window_steps = self.step - self._window_step
         window_s = self.train_seconds - self._window_seconds
-        if window_steps < 5 or window_s <= 0:
+        self._window_time = now
+        if window_steps < 1 or window_s <= 0:
             return
         self._window_step, self._window_seconds = self.step, self.train_seconds
-        self._rate = 0.5 * self._rate + 0.5 * (window_s / window_steps)
+        window_rate = window_s / window_steps
+        self._rate = 0.7 * self._rate + 0.3 * window_rate
+        rate = max(self._rate, window_rate)
         avail = (
             plan["time_budget"] * (1 - BUDGET_MARGIN) - (now - self.started) - plan["final_seconds"]
         )
         total = fit_steps(
             avail,
-            self._rate,
+            rate,
             plan["epoch_end_seconds"],
             done=self.step,
             steps_per_epoch=self.steps_per_epoch,
+            save_s=plan["save_seconds"],
+            save_every=self.cfg.save_every_steps,
         )
-        # Grow by at most 10% at a time; never below the steps already done.
         total = max(self.step, min(total, int(self.total_steps * 1.1) + 1))
         if total != self.total_steps:
             self.total_steps = total
             self.schedule.total_steps = max(total, 1)
             plan["replans"] += 1
             self.progress.epochs = self.planned_epochs
+
+    def _measured_eval(self, images: int, seconds: float) -> None:
+        """Correct the estimate of the final test pass from a validation pass."""
+        plan = self.budget_plan
+        if plan is None or images <= 0 or seconds <= 0:
+            return
+        rate = images / seconds
+        plan["eval_images_per_second"] = rate
+        test_n = len(self.ds.test_labels)
+        plan["final_seconds"] = (
+            test_n / rate * (3 if self.cfg.tta else 1) + plan["final_fixed_seconds"]
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -999,7 +1031,9 @@ class _Run:
         check_every = 10 if self.device.type == "cpu" else 50
         every = cfg.save_every_steps
         self._window_step, self._window_seconds = self.step, self.train_seconds
-        replan_every = max(10, self.total_steps // 10)
+        self._window_time = time.perf_counter()
+        if self.budget_plan is not None:
+            self._replan_interval = max(0.5, 0.01 * self.budget_plan["time_budget"])
         lr = cfg.lr * self.schedule.factor(max(self.step - 1, 0))
         sums_state, self.resume_sums = self.resume_sums, None
         self.model.train()
@@ -1045,8 +1079,7 @@ class _Run:
                     )
                     if self.on_step is not None:
                         self.on_step(self.step)
-                    if self.budget_plan is not None and self.step % replan_every == 0:
-                        self._sync()
+                    if self.budget_plan is not None:
                         self._tick(sums)
                         self._replan()
                         epoch_batches = min(spe, self.total_steps - self.epoch * spe)
@@ -1058,7 +1091,7 @@ class _Run:
             if self.signals.received is not None and self.step < self.total_steps:
                 self._interrupted_after_epoch()
             if self.budget_plan is not None:
-                self._replan()
+                self._window_time = time.perf_counter()  # validation is not training time
 
     def _interrupted(self, sums: _EpochSums) -> None:
         signum = self.signals.received
@@ -1105,6 +1138,7 @@ class _Run:
         if self.val_loader is not None:
             res = evaluate(eval_model, self.val_loader, self.ds.num_classes)
             val_loss, val_acc = res.loss, res.accuracy
+            self._measured_eval(self.num_val, time.perf_counter() - t0)
         else:
             val_loss = val_acc = None
         self.model.train()
@@ -1280,7 +1314,7 @@ class _Run:
             f"best validation accuracy {best:.2%} (epoch {r['best_epoch']})"
             if best is not None
             else "no validation set",
-            f"{r['steps']} steps ({r['epochs']:g} epochs), training {format_duration(r['train_seconds'])}, "
+            f"{r['steps']} steps ({r['epochs']:g} epoch{'' if r['epochs'] == 1 else 's'}), training {format_duration(r['train_seconds'])}, "
             f"wall {format_duration(r['wall_seconds'])}"
             + (f" of a {format_duration(r['time_budget'])} budget" if "time_budget" in r else ""),
             f"files in {self.run_dir}: config.json metrics.jsonl result.json model.safetensors "
