@@ -27,13 +27,10 @@ class EMA:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._pairs()
-
-    def _pairs(self) -> None:
         self._float_src: list[torch.Tensor] = []
         self._float_dst: list[torch.Tensor] = []
         self._other: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._model_ref = None
+        self._model_ref: int | None = None
 
     def _collect(self, model: nn.Module) -> None:
         src = model.state_dict(keep_vars=True)
