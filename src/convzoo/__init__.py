@@ -4,6 +4,8 @@ AlexNet, VGG, Network in Network, GoogLeNet, ResNet and DenseNet behind one regi
 each faithful to its paper at 224 px or in a small-input form for 28-32 px images.
 """
 
+import importlib
+
 from .anatomy import Summary, summary
 from .errors import ConvzooError
 from .registry import get_model, list_models, register_model
@@ -11,13 +13,12 @@ from .registry import get_model, list_models, register_model
 __version__ = "0.1.0"
 
 
-
 def __getattr__(name: str):
     # Training pulls in the data and evaluation stacks: import it only when asked.
+    # The ``convzoo.train`` package is callable: ``convzoo.train(config)``.
     if name in ("train", "TrainConfig"):
-        from . import train as _train_pkg
-
-        return getattr(_train_pkg, name)
+        package = importlib.import_module(".train", __name__)
+        return package if name == "train" else package.TrainConfig
     raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
 
 
