@@ -440,3 +440,16 @@ def test_plain_networks_use_kaiming_fan_in_and_small_output_layers():
     assert conv.weight.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
     nin = get_model("nin", width=0.25, num_classes=10)
     assert nin.net[-3][-2].weight.std().item() == pytest.approx(0.01, rel=0.3)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_stem_stride_two_halves_the_small_form(name):
+    plain = get_model(name, num_classes=10, in_channels=1, small_input=True, width=0.25)
+    fast = get_model(
+        name, num_classes=10, in_channels=1, small_input=True, width=0.25, stem_stride=2
+    )
+    x = torch.randn(2, 1, 28, 28)
+    assert fast(x).shape == (2, 10)
+    assert summary(fast, (1, 28, 28)).total_macs < 0.4 * summary(plain, (1, 28, 28)).total_macs
+    with pytest.raises(ModelError, match="stem_stride"):
+        get_model(name, stem_stride=2)  # faithful form: the paper's stem only
