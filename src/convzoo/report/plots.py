@@ -12,7 +12,14 @@ from pathlib import Path
 
 from ..errors import ConvzooError
 
-__all__ = ["plot_confusion", "plot_curves"]
+__all__ = [
+    "model_colors",
+    "plot_confusion",
+    "plot_curves",
+    "plot_mistakes",
+    "plot_tradeoff",
+    "plot_val_accuracy",
+]
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#d62728"
@@ -154,4 +161,172 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path) -> None
     ax.set_yticks([y - 0.5 for y in range(1, k)], minor=True)
     ax.grid(which="minor", color="white", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Comparisons of several runs (the HTML report)
+
+
+def model_colors(n: int) -> list[str]:
+    """``n`` distinct colours (matplotlib's tab10, then tab20), one per model."""
+    from matplotlib import colormaps
+
+    names = "tab10" if n <= 10 else "tab20"
+    cmap = colormaps[names]
+    return [_hex(cmap(i % cmap.N)) for i in range(n)]
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
+
+
+def plot_tradeoff(
+    points: list[tuple[str, float, float]],
+    path,
+    *,
+    xlabel: str,
+    title: str,
+    colors: list[str] | None = None,
+    xformat=None,
+) -> None:
+    """Accuracy (y, a fraction, drawn in %) against a cost (x, log scale), one labelled point each.
+
+    ``points`` are ``(label, x, accuracy)``; points with a cost that is not positive
+    cannot sit on a log axis and are left out (the title says how many). ``xformat``
+    turns a tick value into its label (default: matplotlib's).
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    colors = colors or model_colors(len(points))
+    fig = _new_figure(5.4, 3.9)
+    ax = fig.subplots()
+    shown = [
+        (label, float(x), float(y), color)
+        for (label, x, y), color in zip(points, colors, strict=True)
+        if x is not None and y is not None and math.isfinite(x) and x > 0 and math.isfinite(y)
+    ]
+    for label, x, y, color in shown:
+        ax.scatter([x], [y * 100], s=60, color=color, edgecolors="white", linewidths=1, zorder=3)
+        ax.annotate(
+            label,
+            (x, y * 100),
+            textcoords="offset points",
+            xytext=(7, 5),
+            fontsize=9,
+            color="#222222",
+        )
+    ax.set_xscale("log")
+    if shown:
+        xs = [p[1] for p in shown]
+        lo, hi = min(xs), max(xs)
+        ax.set_xlim(lo / 2.0, hi * 3.0)  # room on the right for the labels
+        ys = [p[2] * 100 for p in shown]
+        span = max(max(ys) - min(ys), 2.0)
+        ax.set_ylim(min(ys) - 0.25 * span, max(ys) + 0.25 * span)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    if xformat is not None:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: xformat(v)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+    left_out = len(points) - len(shown)
+    ax.set_title(title + (f" ({left_out} not shown)" if left_out else ""))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    _save(fig, path)
+
+
+def plot_val_accuracy(
+    series: list[tuple[str, list[dict]]], path, *, colors: list[str] | None = None
+) -> None:
+    """Validation accuracy per epoch of several runs on one chart.
+
+    ``series`` are ``(label, metrics rows)`` with rows as in ``metrics.jsonl``.
+    """
+    colors = colors or model_colors(len(series))
+    fig = _new_figure(9, 4)
+    ax = fig.subplots()
+    longest = 0
+    for (label, metrics), color in zip(series, colors, strict=True):
+        xs, ys = _series(metrics, "val_accuracy")
+        if not xs:
+            continue
+        longest = max(longest, len(xs))
+        ax.plot(
+            xs,
+            [y * 100 for y in ys],
+            color=color,
+            label=label,
+            marker="o",
+            markersize=3.5,
+            linewidth=1.8,
+        )
+    ax.set_title("Validation accuracy per epoch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(frameon=False, loc="lower right", ncols=2 if len(ax.lines) > 4 else 1)
+        if longest <= 20:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    _save(fig, path)
+
+
+def plot_mistakes(images, titles: list[str], path, *, cols: int = 8) -> None:
+    """A grid of images (uint8 ``(N, C, H, W)``, C = 1 or 3), each with a short title.
+
+    Used for the most confidently misclassified test images: the titles say the true
+    and the predicted class and the confidence. The images are tiled into one picture
+    (enlarged by whole pixels, no smoothing) drawn on a single axes, which is much
+    faster than one axes per image.
+    """
+    import numpy as np
+
+    images = np.asarray(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to draw")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {images.shape}")
+    if len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images")
+    images = images.astype(np.uint8)
+    if images.shape[1] == 1:
+        images = np.repeat(images, 3, axis=1)
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    h, w = images.shape[2:]
+    k = max(1, math.ceil(64 / max(h, w)))  # enlarge small images by whole pixels
+    ih, iw = h * k, w * k
+    cell_in = 1.4  # inches per column
+    gap = max(2, iw // 10)
+    px_per_in = (iw + gap) / cell_in
+    band = math.ceil(0.36 * px_per_in)  # room for two lines of 7 pt text
+    cell_h, cell_w = band + ih + gap, iw + gap
+    mosaic = np.full((rows * cell_h, cols * cell_w + gap, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        y0, x0 = r * cell_h + band, c * cell_w + gap
+        big = img.transpose(1, 2, 0).repeat(k, axis=0).repeat(k, axis=1)  # (ih, iw, 3)
+        mosaic[y0 : y0 + ih, x0 : x0 + iw] = big
+    fig = _new_figure(cell_in * cols + gap / px_per_in, mosaic.shape[0] / px_per_in)
+    fig.set_layout_engine("none")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
+    for i, title in enumerate(titles):
+        r, c = divmod(i, cols)
+        ax.text(
+            c * cell_w + gap + iw / 2,
+            r * cell_h + band - 0.06 * px_per_in,
+            title,
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            linespacing=1.25,
+        )
     _save(fig, path)

@@ -1255,6 +1255,12 @@ class _Run:
         _atomic_write_text(
             self.run_dir / "result.json", json.dumps(_json_safe(result), indent=2) + "\n"
         )
+        try:  # the one-run report.html; a convenience, never fatal
+            from ..report.html import write_run_report
+
+            write_run_report(self.run_dir, model=final, dataset=self.ds)
+        except Exception as exc:  # noqa: BLE001
+            self.progress.warn(f"report.html not written: {exc}")
         self._summary(result)
         return result
 

@@ -1,0 +1,333 @@
+"""What a report learns by running a trained model again.
+
+For one finished run: the final weights (``checkpoints/last.pt``, EMA weights when the
+run kept them: the model whose test accuracy result.json reports), the test set it was
+trained for, its predictions on that test set (confusion matrix, per-class accuracy,
+the most confidently misclassified images), its anatomy (:func:`convzoo.summary`) and
+its inference speed on this machine.
+
+Nothing here is fatal: a part that cannot be computed (checkpoint gone, dataset moved)
+leaves a note saying why, and the report shows what it has.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConvzooError
+from .runs import Run
+
+__all__ = ["Mistake", "RunAnalysis", "analyse_run", "measure_speed"]
+
+SPEED_BATCH = 64
+EVAL_BATCH = 256
+
+
+@dataclass
+class Mistake:
+    """A misclassified test image."""
+
+    index: int  # in the test set
+    image: Any  # uint8 numpy array (C, H, W), as stored
+    true: int
+    predicted: int
+    confidence: float  # softmax probability of the predicted class
+
+
+@dataclass
+class RunAnalysis:
+    """The figures of one run that need the model; None where they could not be had."""
+
+    classes: list[str] | None = None
+    confusion: list[list[int]] | None = None
+    per_class_accuracy: list[float | None] | None = None
+    accuracy: float | None = None  # recomputed on the test set
+    test_images: int | None = None
+    mistakes: list[Mistake] = field(default_factory=list)
+    summary: Any = None  # convzoo.anatomy.Summary
+    speed: dict[str, Any] | None = None  # images_per_second, backend, batch, input_size
+    weights: str | None = None  # where the weights came from
+    notes: list[str] = field(default_factory=list)
+
+
+def _resolve_device(name: str | torch.device) -> torch.device:
+    from ..train.loop import resolve_device
+
+    return name if isinstance(name, torch.device) else resolve_device(str(name))
+
+
+def _safetensors_meta(path: Path) -> dict | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["convzoo"])
+    except Exception:  # noqa: BLE001 - absent, damaged or foreign file: no metadata
+        return None
+
+
+def load_final_model(run: Run) -> tuple[nn.Module, dict, str]:
+    """(model in eval mode on the CPU, its data description, where the weights came from).
+
+    ``checkpoints/last.pt`` first (EMA weights when present), else ``model.safetensors``;
+    both hold the final weights of a finished run.
+    """
+    from ..errors import CheckpointError
+    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    last = run.path / "checkpoints" / "last.pt"
+    problems = []
+    if last.is_file():
+        try:
+            ckpt = load_checkpoint(last)
+            model = model_from_checkpoint(ckpt, use_ema=True)
+            return model, dict(ckpt["data"]), str(last)
+        except (ConvzooError, KeyError, TypeError) as exc:
+            problems.append(str(exc))
+    else:
+        problems.append(f"no {last}")
+    st = run.path / "model.safetensors"
+    meta = _safetensors_meta(st) if st.is_file() else None
+    if meta is not None:
+        from safetensors.torch import load_file
+
+        from ..registry import get_model
+
+        try:
+            model = get_model(meta["model_name"], **meta["model_options"])
+            model.load_state_dict(load_file(str(st)))
+            model.name = meta["model_name"]
+            return model.eval(), meta, str(st)
+        except Exception as exc:  # noqa: BLE001 - reported as a note
+            problems.append(f"{st}: {exc}")
+    else:
+        problems.append(f"no usable {st}")
+    raise CheckpointError("; ".join(problems))
+
+
+def data_description(run: Run) -> dict | None:
+    """The run's data description (classes, mean, std, sizes) without loading weights."""
+    meta = _safetensors_meta(run.path / "model.safetensors")
+    if meta is not None:
+        return meta
+    try:
+        from ..train.checkpoint import load_checkpoint
+
+        return dict(load_checkpoint(run.path / "checkpoints" / "last.pt")["data"])
+    except (ConvzooError, KeyError, TypeError):
+        return None
+
+
+def analyse_run(
+    run: Run,
+    *,
+    model: nn.Module | None = None,
+    dataset=None,
+    device: str | torch.device = "cpu",
+    speed: bool = True,
+    mistakes: int = 16,
+    data_dir: str | None = None,
+    data_cache: dict | None = None,
+    speed_seconds: float = 1.0,
+) -> RunAnalysis:
+    """Run ``run``'s final model on its test set, summarise it and time it.
+
+    ``model`` and ``dataset`` may be given when they are already in memory (at the end
+    of training); otherwise they are loaded from the run directory and from where the
+    run found its data (``data_dir`` overrides that). ``data_cache`` (a dict) shares
+    loaded datasets between runs.
+    """
+    from ..anatomy import summary
+    from ..data.loader import Loader
+    from ..evaluate import load_training_data, metrics_from_logits, predict_logits
+
+    out = RunAnalysis()
+    device = _resolve_device(device)
+    data = None
+    loaded = model is None
+    if loaded:
+        try:
+            model, data, out.weights = load_final_model(run)
+        except ConvzooError as exc:
+            out.notes.append(f"the trained model could not be loaded: {exc}")
+    else:
+        out.weights = "the model in memory at the end of training"
+    if data is None:
+        data = data_description(run)
+    if data is not None:
+        out.classes = [str(c) for c in data.get("classes", [])] or None
+    if model is None:
+        return out
+    if loaded:
+        model = model.to(device)  # a model handed in stays where it is
+    model = model.eval()
+    model_device = next(model.parameters()).device
+
+    # Anatomy
+    input_size = run.result.get("input_size")
+    if not input_size and data is not None:
+        resize = data.get("resize")
+        h, w = (resize, resize) if resize else data["image_size"]
+        input_size = [int(data["in_channels"]), int(h), int(w)]
+    if input_size:
+        try:
+            out.summary = summary(model, tuple(int(s) for s in input_size))
+        except Exception as exc:  # noqa: BLE001 - reported as a note
+            out.notes.append(f"the anatomy summary failed: {exc}")
+
+    # Test-set predictions
+    if data is None:
+        out.notes.append("the run does not describe its data; no test-set figures")
+    else:
+        ds = dataset
+        if ds is None:
+            key = json.dumps(
+                [data.get("dataset"), data_dir or data.get("data_dir"), data.get("image_size")]
+            )
+            cache = data_cache if data_cache is not None else {}
+            try:
+                if key not in cache:
+                    cache[key] = load_training_data(data, data_dir)
+                ds = cache[key]
+            except ConvzooError as exc:
+                out.notes.append(f"the test set could not be loaded: {exc}")
+        if ds is not None:
+            loader = Loader(
+                ds.test_images,
+                ds.test_labels,
+                batch_size=EVAL_BATCH,
+                mean=data["mean"],
+                std=data["std"],
+                device=model_device,
+                resize=data.get("resize"),
+            )
+            logits, labels = predict_logits(model, loader)
+            res = metrics_from_logits(logits, labels, len(ds.classes))
+            out.classes = list(ds.classes)
+            out.confusion = res.confusion
+            out.per_class_accuracy = res.to_dict()["per_class_accuracy"]
+            out.accuracy = res.accuracy
+            out.test_images = res.num_samples
+            recorded = run.result.get("test_accuracy")
+            if isinstance(recorded, (int, float)) and abs(recorded - res.accuracy) > 1e-3:
+                out.notes.append(
+                    f"the test accuracy measured now ({res.accuracy:.2%}) differs from the "
+                    f"one recorded at the end of training ({recorded:.2%})"
+                )
+            out.mistakes = _worst_mistakes(logits, labels, ds.test_images, mistakes)
+
+    # Inference speed
+    if speed and input_size:
+        try:
+            out.speed = measure_speed(
+                model, input_size, device=model_device, min_seconds=speed_seconds
+            )
+        except Exception as exc:  # noqa: BLE001 - reported as a note
+            out.notes.append(f"the inference speed could not be measured: {exc}")
+    return out
+
+
+def _worst_mistakes(logits, labels, images, k: int) -> list[Mistake]:
+    """The ``k`` misclassified images the model was most confident about."""
+    if k <= 0:
+        return []
+    probs = logits.float().softmax(dim=1)
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != labels).nonzero().flatten()
+    if wrong.numel() == 0:
+        return []
+    order = confidence[wrong].argsort(descending=True, stable=True)[:k]
+    chosen = wrong[order]
+    return [
+        Mistake(
+            index=int(i),
+            image=images[int(i)].cpu().numpy(),
+            true=int(labels[i]),
+            predicted=int(predicted[i]),
+            confidence=float(confidence[i]),
+        )
+        for i in chosen
+    ]
+
+
+def infer_available() -> bool:
+    """Whether convzoo.infer (optimised inference backends) is part of this install."""
+    return importlib.util.find_spec("convzoo.infer") is not None
+
+
+def measure_speed(
+    model: nn.Module,
+    input_size,
+    *,
+    batch: int = SPEED_BATCH,
+    device: str | torch.device = "cpu",
+    backend: str = "fast",
+    min_seconds: float = 1.0,
+    warmup: int = 3,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """Inference images per second of ``model`` on batches of ``batch`` images.
+
+    With :mod:`convzoo.infer` installed, the model is optimised for ``backend`` and
+    timed with its ``measure_throughput``; otherwise (or when optimising fails) the
+    eager model is timed here: ``warmup`` batches, then the median of at least
+    ``repeats`` batches and ``min_seconds`` of timing. The model is copied first: it is
+    left as it was.
+    """
+    device = _resolve_device(device)
+    c, h, w = (int(s) for s in input_size)
+    example = torch.randn(batch, c, h, w, device=device)
+    model = copy.deepcopy(model).to(device).eval()
+    result: dict[str, Any] = {"batch": batch, "input_size": [c, h, w], "device": str(device)}
+    if backend != "eager" and infer_available():
+        from .. import infer  # type: ignore[attr-defined]
+
+        try:
+            fast = infer.optimize(model, example, backend=backend)
+            measured = infer.measure_throughput(
+                fast, example, repeats=max(repeats, 10), warmup=warmup
+            )
+            result.update(
+                images_per_second=float(measured["images_per_second"]),
+                backend=backend,
+                timer="convzoo.infer",
+            )
+            return result
+        except Exception as exc:  # noqa: BLE001 - fall back to eager timing, noted
+            result["fallback_reason"] = f"{backend} backend failed: {exc}"
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(example)
+        _sync(device)
+        started = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - started < min_seconds:
+            t0 = time.perf_counter()
+            model(example)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if len(times) >= 1000:
+                break
+    result.update(
+        images_per_second=batch / max(statistics.median(times), 1e-9),
+        backend="eager",
+        timer="convzoo.report (median of timed batches)",
+        batches_timed=len(times),
+    )
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
