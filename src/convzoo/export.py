@@ -346,19 +346,21 @@ def read_safetensors_metadata(path) -> dict:
 
 def load_safetensors(path) -> nn.Module:
     """Rebuild the model saved by :func:`export_safetensors`, weights loaded, in eval mode."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .registry import get_model
+    from .train.checkpoint import model_from_weights
 
     metadata = read_safetensors_metadata(path)
-    model = get_model(metadata["model_name"], **metadata["model_options"])
     try:
-        model.load_state_dict(load_file(str(path), device="cpu"))
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit {metadata['model_name']}: {exc}"
-        ) from None
-    return model.eval()
+        weights = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        # built on the meta device and checked against the weights first (see there)
+        return model_from_weights(metadata["model_name"], metadata["model_options"], weights)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 # -- from a checkpoint ------------------------------------------------------------------

@@ -19,12 +19,14 @@ Every dataset is loaded once, completely, into memory: ``train_images`` and
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
 import os
 import pickle
 import posixpath
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,8 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FOLDER_TEST_FRACTION",
     "IMAGE_EXTENSIONS",
+    "MAX_FOLDER_BYTES",
+    "MAX_IMAGE_PIXELS",
     "MNIST_CLASSES",
     "Dataset",
     "load_dataset",
@@ -79,6 +83,12 @@ FOLDER_TEST_FRACTION = 0.2
 FOLDER_SPLIT_SEED = 0
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _MAX_CIFAR_MEMBER = 256 * 2**20  # a CIFAR-10 batch is about 30 MB
+# An image whose header declares more pixels than this (8192 x 8192) is refused before
+# it is decoded: lower than Pillow's decompression-bomb limit, so Pillow never merely
+# warns about an image convzoo reads.
+MAX_IMAGE_PIXELS = 64 * 2**20
+# The most memory an image-folder dataset may take (N x C x H x W bytes of uint8).
+MAX_FOLDER_BYTES = 16 * 2**30
 
 
 @dataclass
@@ -236,8 +246,27 @@ class _CifarUnpickler(pickle.Unpickler):
         if name in ("ndarray", "dtype"):
             return getattr(np, name)
         core = getattr(np, "_core", None) or np.core  # numpy >= 2 renamed numpy.core
-        sub = core.multiarray if name == "_reconstruct" else core.numeric
-        return getattr(sub, name)
+        if name == "_reconstruct":
+            return _empty_reconstruct(core.multiarray._reconstruct)
+        return getattr(core.numeric, name)
+
+
+def _empty_reconstruct(reconstruct):
+    """numpy's array-rebuild call, for the empty shell a pickled array starts as.
+
+    A pickled array is rebuilt as an empty array whose contents then come from the
+    file; a pickle asking for any other shape would get memory that is not in the
+    file (uninitialised, and as large as it likes), so it is refused.
+    """
+
+    def rebuild(subtype, shape, dtype):
+        if tuple(shape) != (0,):
+            raise pickle.UnpicklingError(
+                f"refusing to build an array of shape {shape} from nothing"
+            )
+        return reconstruct(subtype, shape, dtype)
+
+    return rebuild
 
 
 def _unpickle(data: bytes, where: str) -> dict:
@@ -332,25 +361,69 @@ def _load_cifar(found: locate.Located) -> Dataset:
 
 def load_image(path: str | os.PathLike, in_channels: int, size: tuple[int, int]) -> torch.Tensor:
     """One image file as uint8 (C, H, W): mode L (C=1) or RGB (C=3), resized (bilinear)
-    to ``size`` = (H, W) when it differs. DataError for a file that is not a readable image.
+    to ``size`` = (H, W) when it differs. DataError for a file that is not a readable image,
+    and for one whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels (it is
+    refused before anything is decoded).
     """
     from PIL import Image
 
     if in_channels not in (1, 3):
         raise DataError(f"in_channels must be 1 or 3, not {in_channels}")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if in_channels == 1 else "RGB")
-            h, w = size
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+    with _open_image(path) as img:
+        img = img.convert("L" if in_channels == 1 else "RGB")
+        h, w = size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+@contextlib.contextmanager
+def _open_image(path: str | os.PathLike):
+    """Pillow's image at ``path``, its header checked; any failure to open or decode it
+    inside the block becomes DataError.
+
+    Only the header has been read when the block starts: a declared size of zero or of
+    more than MAX_IMAGE_PIXELS pixels (or Pillow's own limit, if lower) is refused
+    there, and Pillow's decompression-bomb warning is an error, never a warning.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"{path}: refused, too many pixels ({exc})") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # a corrupt image can make a decoder raise almost anything
+            raise DataError(f"{path}: not a readable image ({_reason(exc)})") from None
+        with img:
+            w, h = img.size
+            limit = min(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)
+            if w * h > limit:
+                raise DataError(
+                    f"{path}: refused, its header declares {w}x{h} = {w * h:,} pixels, more "
+                    f"than the limit of {limit:,} (a decompression bomb, or an image to "
+                    "shrink first)"
+                )
+            if w < 1 or h < 1:
+                raise DataError(f"{path}: not a readable image (it has {w}x{h} pixels)")
+            try:
+                yield img
+            except (DataError, MemoryError):
+                raise
+            except Exception as exc:
+                raise DataError(f"{path}: not a readable image ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -372,13 +445,8 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
 
 
 def _peek(path: Path) -> tuple[str, tuple[int, int]]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.mode, (img.size[1], img.size[0])
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+    with _open_image(path) as img:
+        return img.mode, (img.size[1], img.size[0])
 
 
 def _stack(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
@@ -422,6 +490,13 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     size = (image_size, image_size) if image_size else _peek(train_files[0][0])[1]
     if min(size) < 1:
         raise DataError(f"image size must be positive, not {size}")
+    need = len(everything) * channels * size[0] * size[1]
+    if need > MAX_FOLDER_BYTES:
+        raise DataError(
+            f"{root}: {len(everything)} images of {channels}x{size[0]}x{size[1]} would take "
+            f"{need:,} bytes, more than the {MAX_FOLDER_BYTES:,}-byte limit; choose a "
+            "smaller --image-size"
+        )
     train_x = _stack([f for f, _ in train_files], channels, size)
     test_x = _stack([f for f, _ in test_files], channels, size)
     train_y = torch.tensor([c for _, c in train_files], dtype=torch.int64)

@@ -161,7 +161,13 @@ def _parse(
                 f"{name}: truncated IDX file: header declares {shape} elements "
                 f"({nbytes:,} bytes), more than {size:,} compressed bytes can hold"
             )
-    out = np.empty(count, dtype=dtype)
+    try:
+        out = np.empty(count, dtype=dtype)
+    except MemoryError:
+        raise DataError(
+            f"{name}: IDX header declares {shape} elements ({nbytes:,} bytes), more than "
+            "the memory available"
+        ) from None
     view = memoryview(out).cast("B")
     got = 0
     while got < nbytes:
@@ -179,7 +185,10 @@ def _parse(
             f"{name}: oversized IDX file: data continues past the {shape} elements "
             f"the header declares"
         )
-    out = out.reshape(dims)
+    try:
+        out = out.reshape(dims)
+    except ValueError:  # e.g. 0 x 2^32-1 x 2^32-1: empty, but beyond numpy's shapes
+        raise DataError(f"{name}: IDX header declares an impossible shape {shape}") from None
     if dtype.itemsize > 1:
         out = out.astype(dtype.newbyteorder("="))
     else:

@@ -15,9 +15,12 @@ of its own (position inside the epoch, partial epoch sums, planned steps).
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import tempfile
+import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -33,6 +36,13 @@ class UnsafeCheckpointError(CheckpointError):
     """A file that would need arbitrary code to load; it is never unpickled."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """The file system refused a checkpoint (disk full, file-size limit, permissions).
+
+    It is also an OSError, with the ``errno`` of the failure, for code that catches those.
+    """
+
+
 NAMES = ("last", "best", "last.prev")
 
 
@@ -41,24 +51,80 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
 
     The bytes go to a temporary file in the same directory, which is flushed and
     fsync'ed, then renamed over ``path``, and the directory is fsync'ed: a crash at any
-    instant leaves either the previous file or the new one, whole.
+    instant leaves either the previous file or the new one, whole. When the file system
+    refuses the bytes (disk full, file-size limit, permissions) the temporary file is
+    removed, ``path`` is left as it was, and :class:`CheckpointError` says why.
+    Temporary files of ``path`` left behind by a process killed while writing are
+    removed once a newer checkpoint is in place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    started = time.time()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    writer = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            writer = _RecordingWriter(f)
+            torch.save(state, writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        # torch.save reports a failed write as a bare RuntimeError; the OSError behind
+        # it is what the user needs to see.
+        cause = exc if isinstance(exc, OSError) else getattr(writer, "error", None)
+        if cause is not None and isinstance(exc, (OSError, RuntimeError)):
+            raise _write_error(path, cause) from None
         raise
     fsync_dir(path.parent)
+    _remove_stale_temporaries(path, started)
+
+
+class _RecordingWriter:
+    """A binary file's ``write``, remembering the OSError it raised."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    kept = "the previous checkpoint is unchanged" if path.exists() else "nothing was written"
+    error = CheckpointWriteError(f"cannot write the checkpoint {path}: {reason}; {kept}")
+    error.errno = exc.errno
+    return error
+
+
+def _remove_stale_temporaries(path: Path, before: float) -> None:
+    """Remove ``path``'s temporary files older than ``before`` (left by a killed writer)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if stale.stat().st_mtime < before:
+                stale.unlink()
+        except OSError:
+            pass
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -118,7 +184,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a damaged file can look like an unusual pickle protocol; the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             raise UnsafeCheckpointError(
@@ -173,19 +242,47 @@ def find_checkpoint(target: str | os.PathLike, which: str = "best") -> Path:
 
 def model_from_checkpoint(ckpt: dict, *, use_ema: bool = True) -> nn.Module:
     """Rebuild the checkpoint's model with its weights (EMA ones when present), in eval mode."""
-    from ..registry import get_model
-
     try:
         name = ckpt["model_name"]
         options = dict(ckpt["model_options"])
         weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint lacks {exc}; it is not a convzoo checkpoint") from None
-    model = get_model(name, **options)
-    check_state_dict(model, weights, name)
+    return model_from_weights(name, options, weights)
+
+
+def model_from_weights(name: str, options: dict, weights: dict) -> nn.Module:
+    """``get_model(name, **options)`` with ``weights`` loaded, in eval mode.
+
+    ``name`` and ``options`` come from a file, so the model is first built on the meta
+    device (shapes only) and checked against ``weights``: options that ask for more
+    than the file holds (say, a billion classes) are refused before any memory is
+    spent on them. Raises :class:`CheckpointError` (or ModelError) when they do not fit.
+    """
+    if not isinstance(name, str) or not isinstance(weights, dict):
+        raise CheckpointError("the model name or weights are missing; not a convzoo checkpoint")
+    check_state_dict(_build(name, options, torch.device("meta")), weights, name)
+    model = _build(name, options, None)
     model.load_state_dict(weights)
     model.name = name
     return model.eval()
+
+
+def _build(name: str, options: dict, device: torch.device | None) -> nn.Module:
+    from ..errors import ConvzooError
+    from ..registry import get_model
+
+    try:
+        if device is None:
+            return get_model(name, **options)
+        with device:
+            return get_model(name, **options)
+    except ConvzooError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"cannot rebuild {name} from the options stored with its weights ({exc})"
+        ) from None
 
 
 def check_state_dict(model: nn.Module, weights: dict, name: str) -> None:

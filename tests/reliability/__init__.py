@@ -1,0 +1,1 @@
+"""Reliability and security tests: fault injection, fuzzing and untrusted files."""
