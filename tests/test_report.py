@@ -419,3 +419,54 @@ def test_new_plots(tmp_path):
         plot_mistakes(images[:, :2], ["x"] * 3, tmp_path / "m.png")
     with pytest.raises(ValueError):
         plot_mistakes(images[:0], [], tmp_path / "m.png")
+
+
+def test_one_broken_run_does_not_sink_the_report(runs, tmp_path, monkeypatch):
+    _, dirs = runs
+    real = report_html.analyse_run
+
+    def flaky(run, **kwargs):
+        if run.label == "nin":
+            raise RuntimeError("out of memory, say")
+        return real(run, **kwargs)
+
+    monkeypatch.setattr(report_html, "analyse_run", flaky)
+    out = tmp_path / "r.html"
+    md = tmp_path / "board.md"
+    rep = report_html.build_report(dirs, out, markdown=md, speed=False)
+    assert len(rep.entries) == 2
+    assert rep.analyses["nin"].confusion is None and rep.analyses["resnet18"].confusion
+    page = Page(out.read_text(encoding="utf-8"))
+    assert "RuntimeError: out of memory, say" in page.text
+    assert sorted(row["run"] for row in page.rows) == ["nin", "resnet18"]
+    for img in page.images:
+        check_not_blank(decode_image(img["src"]))
+    assert "| nin |" in md.read_text()
+
+
+def test_one_run_report_uses_given_logits(runs, tmp_path):
+    """Logits handed in (as training has them) are used instead of running the model."""
+    import torch
+
+    from convzoo.data.datasets import load_dataset
+    from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    data, dirs = runs
+    ds = load_dataset("fashion-mnist", data)
+    model = model_from_checkpoint(load_checkpoint(dirs[0] / "checkpoints" / "last.pt"))
+    n = len(ds.test_labels)
+    logits = torch.zeros(n, 10)
+    logits[:, 3] = 5.0  # "Dress" for every image
+    given = {"model": model, "dataset": ds, "test_logits": (logits, ds.test_labels)}
+    rep = report_html.collect(load_runs([dirs[0]]), speed=False, preloaded={"resnet18": given})
+    a = rep.analyses["resnet18"]
+    assert a.accuracy == pytest.approx(float((ds.test_labels == 3).float().mean()))
+    assert a.per_class_accuracy == [1.0 if k == 3 else 0.0 for k in range(10)]
+    assert {m.predicted for m in a.mistakes} == {3}
+    out = tmp_path / "one.html"
+    report_html.write_run_report(
+        dirs[0], model=model, dataset=ds, out=out, test_logits=(logits, ds.test_labels)
+    )
+    page = Page(out.read_text(encoding="utf-8"))
+    assert "not measured" in page.text and "measured on this machine" not in page.text
+    assert len(page.images) == 3

@@ -140,13 +140,15 @@ def analyse_run(
     data_dir: str | None = None,
     data_cache: dict | None = None,
     speed_seconds: float = 1.0,
+    test_logits: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> RunAnalysis:
     """Run ``run``'s final model on its test set, summarise it and time it.
 
     ``model`` and ``dataset`` may be given when they are already in memory (at the end
     of training); otherwise they are loaded from the run directory and from where the
     run found its data (``data_dir`` overrides that). ``data_cache`` (a dict) shares
-    loaded datasets between runs.
+    loaded datasets between runs. ``test_logits`` (logits, labels), when the caller has
+    just computed them for ``dataset``'s whole test set, saves running the model again.
     """
     from ..anatomy import summary
     from ..data.loader import Loader
@@ -202,7 +204,10 @@ def analyse_run(
                 ds = cache[key]
             except ConvzooError as exc:
                 out.notes.append(f"the test set could not be loaded: {exc}")
-        if ds is not None:
+        if ds is not None and test_logits is not None and dataset is not None:
+            logits, labels = (t.detach().float().cpu() for t in test_logits)
+            labels = labels.long()
+        elif ds is not None:
             loader = Loader(
                 ds.test_images,
                 ds.test_labels,
@@ -213,6 +218,7 @@ def analyse_run(
                 resize=data.get("resize"),
             )
             logits, labels = predict_logits(model, loader)
+        if ds is not None:
             res = metrics_from_logits(logits, labels, len(ds.classes))
             out.classes = list(ds.classes)
             out.confusion = res.confusion

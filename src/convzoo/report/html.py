@@ -95,8 +95,8 @@ def collect(
 ) -> Report:
     """Analyse every run (see :func:`analysis.analyse_run`) and rank them.
 
-    ``preloaded`` maps a run's label to ``{"model": ..., "dataset": ...}`` already in
-    memory.
+    ``preloaded`` maps a run's label to ``{"model": ..., "dataset": ...,
+    "test_logits": (logits, labels)}`` already in memory.
     """
     import torch
 
@@ -107,17 +107,23 @@ def collect(
         if log:
             log(f"[{i}/{len(runs)}] analysing {run.label} ({run.path})")
         given = preloaded.get(run.label, {})
-        analyses[run.label] = analyse_run(
-            run,
-            model=given.get("model"),
-            dataset=given.get("dataset"),
-            device=device,
-            speed=speed,
-            mistakes=MISTAKES,
-            data_dir=data_dir,
-            data_cache=cache,
-            speed_seconds=speed_seconds,
-        )
+        try:
+            analyses[run.label] = analyse_run(
+                run,
+                model=given.get("model"),
+                dataset=given.get("dataset"),
+                device=device,
+                speed=speed,
+                mistakes=MISTAKES,
+                data_dir=data_dir,
+                data_cache=cache,
+                speed_seconds=speed_seconds,
+                test_logits=given.get("test_logits"),
+            )
+        except Exception as exc:  # noqa: BLE001 - one broken run must not sink the report
+            analyses[run.label] = RunAnalysis(
+                notes=[f"the model could not be analysed: {type(exc).__name__}: {exc}"]
+            )
     entries = leaderboard(runs, {k: a.speed for k, a in analyses.items()})
     notes = []
     datasets = sorted({r.dataset for r in runs})
@@ -178,10 +184,10 @@ def build_report(
         log=log,
         speed_seconds=speed_seconds,
     )
+    if markdown is not None:  # first: it needs no plots
+        _write_atomic(Path(markdown), report.markdown())
     _write_atomic(out, render_html(report))
     report.path = out
-    if markdown is not None:
-        _write_atomic(Path(markdown), report.markdown())
     return report
 
 
@@ -192,17 +198,24 @@ def write_run_report(
     dataset=None,
     out: str | os.PathLike | None = None,
     speed: bool = False,
+    test_logits=None,
 ) -> Path:
     """The one-run report ``run_dir/report.html``, as ``convzoo train`` writes it.
 
     ``model`` and ``dataset`` are the final model and the data still in memory at the end
-    of training (loaded from the run directory when not given). The inference speed is
+    of training (loaded from the run directory when not given), ``test_logits`` the
+    model's (logits, labels) on the whole test set if already computed (saves a pass
+    over the test set). The inference speed is
     left out by default, to add little to the run's time: ``convzoo report RUN_DIR``
     measures it.
     """
     runs = load_runs([run_dir])
     label = runs[0].label
-    preloaded = {label: {"model": model, "dataset": dataset}} if model is not None else None
+    preloaded = (
+        {label: {"model": model, "dataset": dataset, "test_logits": test_logits}}
+        if model is not None
+        else None
+    )
     result_command = runs[0].result.get("command")
     report = collect(
         runs,
@@ -362,11 +375,14 @@ def _leaderboard_section(report: Report, colors: dict[str, str]) -> str:
             )
         cls = ' class="first"' if e.rank == 1 and len(report.entries) > 1 else ""
         rows.append(f'<tr{cls} data-run="{esc(e.label)}">{"".join(cells)}</tr>')
+    speed = esc(speed_note(report.entries))
+    if any(e.images_per_second is not None for e in report.entries):
+        t = report.threads
+        speed += f", measured on this machine with {t} thread{'s' if t != 1 else ''}"
     note = (
-        f"Sorted by test accuracy. Training time is each run's wall time from result.json "
-        f"(hover for the time spent in optimizer steps). {esc(speed_note(report.entries))}, "
-        f"measured on this machine with {report.threads} thread"
-        f"{'s' if report.threads != 1 else ''}. Multiply-adds are per image at the run's input size."
+        "Sorted by test accuracy. Training time is each run's wall time from result.json "
+        f"(hover for the time spent in optimizer steps). {speed}. Multiply-adds are per "
+        "image at the run's input size."
     )
     return (
         '<section id="leaderboard"><h2>Leaderboard</h2>'
@@ -403,19 +419,26 @@ def _tradeoff_section(report: Report, colors: dict[str, str], images: _Images) -
         )
 
     def duration(v: float) -> str:
-        from ..train.schedule import format_duration
+        if v < 60:
+            return f"{v:.2g}s" if v < 1 else f"{v:g}s"
+        return f"{v / 60:g}m" if v < 3600 else f"{v / 3600:g}h"
 
-        return format_duration(v) if v >= 1 else f"{v:.2g}s"
+    def compact(v: float) -> str:
+        return human(v).replace(".00", "")
 
     entries = report.entries
     cols = [colors[e.label] for e in entries]
+    nice_counts = [m * 10**p for p in range(0, 15) for m in (1, 2, 5)]
+    nice_times = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200]
+    nice_times += [h * 3600 for h in (4, 8, 12, 24, 48, 96)]
     macs = images.draw(
         plots.plot_tradeoff,
         [(e.label, e.macs, e.test_accuracy) for e in entries],
         xlabel="multiply-adds per image (log scale)",
         title="Test accuracy against multiply-adds",
         colors=cols,
-        xformat=human,
+        xformat=compact,
+        xticks=nice_counts,
     )
     time_ = images.draw(
         plots.plot_tradeoff,
@@ -424,6 +447,7 @@ def _tradeoff_section(report: Report, colors: dict[str, str], images: _Images) -
         title="Test accuracy against training time",
         colors=cols,
         xformat=duration,
+        xticks=nice_times,
     )
     return (
         '<section id="tradeoffs"><h2>Accuracy and cost</h2><div class="grid2">'
@@ -544,7 +568,8 @@ def _model_article(report: Report, e: Entry, color: str, images: _Images) -> str
         f"best validation accuracy {_pct(e.best_val_accuracy)}",
         f"{esc(format_cell('params', e.params))} parameters",
         f"{esc(format_cell('macs', e.macs))} multiply-adds",
-        f"{esc(format_cell('epochs', e.epochs))} epochs in {esc(format_cell('wall_seconds', e.wall_seconds))}",
+        f"{esc(format_cell('epochs', e.epochs))} epoch{'' if e.epochs == 1 else 's'} in "
+        f"{esc(format_cell('wall_seconds', e.wall_seconds))}",
     ]
     form = "small-input form" if r.get("small_input") else "faithful form"
     size = "x".join(str(s) for s in r.get("input_size") or [])

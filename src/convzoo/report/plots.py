@@ -189,14 +189,16 @@ def plot_tradeoff(
     title: str,
     colors: list[str] | None = None,
     xformat=None,
+    xticks=None,
 ) -> None:
     """Accuracy (y, a fraction, drawn in %) against a cost (x, log scale), one labelled point each.
 
     ``points`` are ``(label, x, accuracy)``; points with a cost that is not positive
     cannot sit on a log axis and are left out (the title says how many). ``xformat``
-    turns a tick value into its label (default: matplotlib's).
+    turns a tick value into its label (default: matplotlib's); ``xticks`` are candidate
+    tick values (those within the axis are used when there are at least two).
     """
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     colors = colors or model_colors(len(points))
     fig = _new_figure(5.4, 3.9)
@@ -221,6 +223,10 @@ def plot_tradeoff(
         xs = [p[1] for p in shown]
         lo, hi = min(xs), max(xs)
         ax.set_xlim(lo / 2.0, hi * 3.0)  # room on the right for the labels
+        inside = [t for t in (xticks or []) if lo / 2.0 <= t <= hi * 3.0]
+        if len(inside) >= 2:
+            ax.xaxis.set_major_locator(FixedLocator(inside))
+            ax.xaxis.set_minor_locator(NullLocator())
         ys = [p[2] * 100 for p in shown]
         span = max(max(ys) - min(ys), 2.0)
         ax.set_ylim(min(ys) - 0.25 * span, max(ys) + 0.25 * span)
@@ -269,8 +275,11 @@ def plot_val_accuracy(
     ax.grid(True, alpha=0.3)
     if ax.lines:
         ax.legend(frameon=False, loc="lower right", ncols=2 if len(ax.lines) > 4 else 1)
-        if longest <= 20:
-            ax.xaxis.get_major_locator().set_params(integer=True)
+        epochs = sorted({x for line in ax.lines for x in line.get_xdata()})
+        if all(e == int(e) for e in epochs) and len(epochs) <= 20:
+            ax.set_xticks(epochs)
+        if len(epochs) == 1:
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     _save(fig, path)
