@@ -532,7 +532,8 @@ class _Run:
             return
         out = Path(self.cfg.out)
         if out.exists():
-            if (out / "checkpoints").is_dir() or (out / "result.json").exists():
+            # a run killed before its first checkpoint left nothing to resume: start over
+            if any((out / "checkpoints").glob("*.pt")) or (out / "result.json").exists():
                 raise ConfigError(
                     f"{out} already holds a run; continue it with --resume {out} or choose "
                     "another --out"
