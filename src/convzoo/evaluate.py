@@ -5,6 +5,11 @@ there is no per-sample Python. The model is switched to eval mode for the pass (
 GoogLeNet's auxiliary heads are off and batch norm uses its running statistics) and
 every submodule's mode is restored afterwards.
 
+In a distributed run (``evaluate(..., distributed=True)`` inside a torch.distributed
+process group) each process evaluates its own disjoint shard of the set and the counts
+(the confusion matrix, the summed loss, the number of images) are summed over the
+processes, so every process gets the figures of the whole set, each image counted once.
+
 Test-time augmentation (``tta=True``) averages the softmax of each image and of its
 horizontal mirror, the cheapest of the multi-view evaluations of Krizhevsky et al. (2012)
 and Szegedy et al. (2015), who averaged 10 and 144 crops respectively; here the two
@@ -90,6 +95,18 @@ def predict_logits(
     """
     outs: list[Tensor] = []
     labels: list[Tensor] = []
+    for logits, y in _batch_logits(model, loader, tta):
+        outs.append(logits)
+        labels.append(y)
+    if not outs:
+        raise DataError("nothing to evaluate: the data loader yielded no batches")
+    return torch.cat(outs).cpu(), torch.cat(labels).cpu()
+
+
+def _batch_logits(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], tta: bool
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(logits float32 (N, K), hard labels (N,)) of each batch, on the loader's device."""
     with eval_mode(model), torch.inference_mode():
         for x, y in loader:
             logits = _logits_of(model(x)).float()  # (N, K)
@@ -97,11 +114,7 @@ def predict_logits(
                 flipped = _logits_of(model(torch.flip(x, dims=(-1,)))).float()  # (N, K)
                 probs = (logits.softmax(dim=1) + flipped.softmax(dim=1)) / 2
                 logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-            outs.append(logits)
-            labels.append(_hard_labels(y))
-    if not outs:
-        raise DataError("nothing to evaluate: the data loader yielded no batches")
-    return torch.cat(outs).cpu(), torch.cat(labels).cpu()
+            yield logits, _hard_labels(y)
 
 
 def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int) -> EvalResult:
@@ -123,6 +136,12 @@ def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int) -> Eva
     preds = logits.argmax(dim=1)
     confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes**2)
     confusion = confusion.reshape(num_classes, num_classes)  # [true, predicted]
+    return _result(confusion, float(F.cross_entropy(logits, labels)), n)
+
+
+def _result(confusion: Tensor, loss: float, n: int) -> EvalResult:
+    """An EvalResult from a (K, K) confusion matrix [true, predicted] and the mean loss."""
+    confusion = confusion.long().cpu()
     support = confusion.sum(dim=1)
     correct = confusion.diagonal()
     per_class = torch.where(
@@ -130,7 +149,7 @@ def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int) -> Eva
     )
     return EvalResult(
         accuracy=float(correct.sum()) / n,
-        loss=float(F.cross_entropy(logits, labels)),
+        loss=loss,
         per_class_accuracy=[float(a) for a in per_class],
         confusion=confusion.tolist(),
         num_samples=n,
@@ -143,10 +162,62 @@ def evaluate(
     num_classes: int,
     *,
     tta: bool = False,
+    distributed: bool = False,
 ) -> EvalResult:
-    """Evaluate ``model`` on every batch of ``loader`` (see :func:`predict_logits`)."""
+    """Evaluate ``model`` on every batch of ``loader`` (see :func:`predict_logits`).
+
+    With ``distributed`` (and a torch.distributed group of more than one process), the
+    loader holds this process's shard of the set: the shards must be disjoint and cover
+    the set (some may be empty). Every process must call this; each gets the figures of
+    the whole set. The loss is then summed in float64, so it may differ from a
+    one-process evaluation in the last digits; the counts are exact.
+    """
+    if distributed and _group_size() > 1:
+        return _evaluate_shards(model, loader, num_classes, tta)
     logits, labels = predict_logits(model, loader, tta=tta)
     return metrics_from_logits(logits, labels, num_classes)
+
+
+def _group_size() -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def _evaluate_shards(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], num_classes: int, tta: bool
+) -> EvalResult:
+    """This process's counts, summed over the group: [confusion (K*K), loss sum, n, bad]."""
+    import torch.distributed as dist
+
+    k = num_classes
+    counts = torch.zeros(k * k + 3, dtype=torch.float64)
+    for logits, labels in _batch_logits(model, loader, tta):
+        labels = labels.long()
+        bad = (labels < 0) | (labels >= k)
+        if bool(bad.any()):  # reported on every process below, instead of a hang
+            counts[-1] += float(bad.sum())
+            continue
+        cells = torch.bincount(labels * k + logits.argmax(dim=1), minlength=k * k)
+        counts[: k * k] += cells.cpu().double()
+        counts[k * k] += float(F.cross_entropy(logits, labels, reduction="sum").double())
+        counts[k * k + 1] += labels.numel()
+    backend = str(dist.get_backend())
+    if "gloo" in backend or backend.startswith("cpu"):
+        dist.all_reduce(counts)
+    else:  # NCCL alone: collectives on this process's GPU
+        on_gpu = counts.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu)
+        counts = on_gpu.cpu()
+    if counts[-1] > 0:
+        raise DataError(f"{int(counts[-1])} labels outside [0, {k}) in the evaluation set")
+    n = int(counts[k * k + 1])
+    if n == 0:
+        raise DataError("nothing to evaluate: no process had any samples")
+    confusion = counts[: k * k].round().long().reshape(k, k)  # [true, predicted]
+    return _result(confusion, float(counts[k * k]) / n, n)
 
 
 def load_training_data(data: dict, data_dir=None):

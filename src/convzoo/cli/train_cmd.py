@@ -1,4 +1,8 @@
-"""convzoo train: train a model, with a recipe, a time budget, checkpoints and resume."""
+"""convzoo train: train a model, with a recipe, a time budget, checkpoints and resume.
+
+Under ``torchrun --nproc-per-node N -m convzoo train ...`` every process runs this
+command; they train together (see :mod:`convzoo.train.distributed`) and rank 0 prints.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ FIELDS = (
     "mixup", "cutmix", "crop_padding", "flip", "erasing", "ema", "tta", "amp",
     "channels_last", "compile", "seed", "deterministic", "device", "threads",
     "limit_train", "val_size", "out", "image_size", "small_input", "width",
-    "save_every_steps", "quiet",
+    "save_every_steps", "quiet", "sync_bn",
 )  # fmt: skip
 
 
@@ -235,6 +239,12 @@ def register(sub) -> None:
     )
     g.add_argument("--channels-last", action=bool_opt, default=S)
     g.add_argument("--compile", action=bool_opt, default=S, help="torch.compile the model")
+    g.add_argument(
+        "--sync-bn",
+        action=bool_opt,
+        default=S,
+        help="under torchrun: batch norm over the global batch (SyncBatchNorm)",
+    )
     g.add_argument("--seed", type=int, default=S, help="default 0")
     g.add_argument(
         "--deterministic",
@@ -277,31 +287,46 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args) -> int:
-    from ..train.config import build_config
-    from ..train.loop import (
-        TrainingDiverged,
-        TrainingInterrupted,
-        process_start,
-        train,
-    )
+    from ..train.distributed import SetupFailed, session
+    from ..train.loop import process_start
 
     started = process_start()
+    try:
+        with session() as procs:
+            return _run(args, procs, started)
+    except SetupFailed as exc:  # every rank stops; rank 0 says why
+        if exc.show:
+            sys.stderr.write(f"convzoo train: error: {exc}\n")
+        return exc.exit_code
+
+
+def _run(args, procs, started: float) -> int:
+    from ..train.config import build_config
+    from ..train.loop import TrainingDiverged, TrainingInterrupted, train
+
     overrides = overrides_from_args(args)
-    if args.resume is not None:
-        cfg = _resume_config(args.model, Path(args.resume), overrides, args.recipe)
-        resume = args.resume
-    else:
+
+    def config():
+        if args.resume is not None:
+            # Only rank 0 reads the run directory (the others get its checkpoint).
+            return _resume_config(
+                args.model, Path(args.resume), overrides, args.recipe, read=procs.is_main
+            )
         # The recipe applied is printed by train() once the options are known to be usable.
-        cfg = build_config(args.model, overrides, recipe=args.recipe)
-        resume = None
+        return build_config(args.model, overrides, recipe=args.recipe)
+
+    cfg = procs.agree(config)
+    resume = args.resume
     command = _command(args, overrides)
     try:
         train(cfg, resume=resume, command=command, started=started)
     except TrainingInterrupted as exc:
-        sys.stderr.write(f"\nconvzoo train: {exc}\n")
+        if procs.is_main:
+            sys.stderr.write(f"\nconvzoo train: {exc}\n")
         return exc.exit_code
     except TrainingDiverged as exc:
-        sys.stderr.write(f"convzoo train: error: {exc}\n")
+        if procs.is_main:
+            sys.stderr.write(f"convzoo train: error: {exc}\n")
         return 1
     return 0
 
@@ -329,13 +354,27 @@ def _command(args, overrides: dict) -> str:
     return command_line(argv)
 
 
-def _resume_config(model: str, run_dir: Path, overrides: dict, recipe: str | None):
-    """The saved config of ``run_dir``; options given now must not change it."""
+def _resume_config(
+    model: str, run_dir: Path, overrides: dict, recipe: str | None, *, read: bool = True
+):
+    """The saved config of ``run_dir``; options given now must not change it.
+
+    With ``read`` false (ranks other than 0 of a distributed run) the run directory is
+    not looked at: rank 0 checks it and sends its checkpoint to the others.
+    """
     from ..errors import CheckpointError, ConfigError
     from ..registry import check_model_name
     from ..train.config import RESUME_OPTIONS, TrainConfig
 
     check_model_name(model)
+    if not read:
+        if recipe is not None:
+            raise ConfigError("--recipe cannot be used with --resume (the run keeps its recipe)")
+        cfg = TrainConfig(model=model)
+        for key in RESUME_OPTIONS:
+            if key in overrides:
+                setattr(cfg, key, overrides[key])
+        return cfg
     if not run_dir.exists():
         raise CheckpointError(f"cannot resume: {run_dir} does not exist")
     config_path = run_dir / "config.json"

@@ -124,7 +124,8 @@ class Loader:
     ``batch_size`` is the global batch; with ``world_size`` > 1 each global batch is split
     into ``world_size`` near-equal contiguous shares and rank ``rank`` gets its own (a last
     partial batch smaller than ``world_size`` is dropped, so every rank takes the same
-    number of steps). ``augment(x_uint8, y, generator)`` runs on each batch before
+    number of steps). Augmentation is drawn for the whole global batch, so the shares
+    are exactly the rows of the one-process batch. ``augment(x_uint8, y, generator)`` runs on each batch before
     normalisation; a float result is taken to be in the same 0-255 units.
     ``num_classes``, when given, is checked against the labels.
     """
@@ -228,11 +229,9 @@ class Loader:
         perm = self.permutation(epoch).to(self.device)
         bs, n = self.batch_size, len(self.images)
         for b in range(start, len(self)):
-            idx = perm[b * bs : min((b + 1) * bs, n)]
-            if self.world_size > 1:
-                idx = torch.tensor_split(idx, self.world_size)[self.rank]
+            idx = perm[b * bs : min((b + 1) * bs, n)]  # the global batch
             with _one_thread(self.device):
-                x, y = self._prepare(idx, epoch, b)
+                x, y = self._prepare(idx, epoch, b, self._share_bounds(len(idx)))
             if self.resize is not None and x.shape[-2:] != (self.resize, self.resize):
                 x = F.interpolate(
                     x, size=(self.resize, self.resize), mode="bilinear", align_corners=False
@@ -241,11 +240,32 @@ class Loader:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    def _prepare(self, idx: torch.Tensor, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _share_bounds(self, size: int) -> tuple[int, int]:
+        """This rank's rows ``[lo, hi)`` of a global batch of ``size`` images."""
+        base, extra = divmod(size, self.world_size)
+        lo = self.rank * base + min(self.rank, extra)
+        return lo, lo + base + int(self.rank < extra)
+
+    def _prepare(
+        self, idx: torch.Tensor, epoch: int, b: int, share: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``share`` (default: all) of the global batch ``idx``, augmented and normalised.
+
+        With augmentation the whole global batch is augmented and this rank keeps its
+        rows, so that every image gets the same augmentation (and mixup the same
+        partner) whatever the number of ranks: a run on W processes sees exactly the
+        batches of a one-process run. Without augmentation only this rank's rows are
+        gathered.
+        """
+        lo, hi = (0, len(idx)) if share is None else share
+        if self.augment is None:
+            idx = idx[lo:hi]
         x = self.images.index_select(0, idx)  # uint8 (B, C, H, W)
         y = self.labels.index_select(0, idx)  # int64 (B,)
         if self.augment is not None:
             x, y = self.augment(x, y, self.batch_generator(epoch, b))
+            if (lo, hi) != (0, len(idx)):
+                x, y = x[lo:hi], y[lo:hi]  # this rank's share (b, C, H, W)
         return torch.addcmul(self._shift, x, self._scale), y  # float32 (B, C, H, W)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

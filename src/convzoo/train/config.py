@@ -36,7 +36,8 @@ DEFAULT_ONECYCLE_WARMUP = 0.3
 NOT_IN_RECIPES = ("model", "recipe", "out", "resume", "quiet")
 # Options that may be given again when a run is resumed: they change where and how the
 # rest of the run is computed, not what (device and threads may change the last bits).
-RESUME_OPTIONS = ("quiet", "threads", "save_every_steps", "data_dir", "device")
+# sync_bn may be switched on when a run continues on more processes than it began on.
+RESUME_OPTIONS = ("quiet", "threads", "save_every_steps", "data_dir", "device", "sync_bn")
 
 
 @dataclass
@@ -72,7 +73,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    threads: int | None = None  # default: all cores (1 with deterministic)
+    threads: int | None = None  # default: all cores (1 with deterministic), shared by ranks
+    sync_bn: bool = False  # batch norm over the global batch in distributed runs
     limit_train: int | None = None
     val_size: float | None = None  # images (>= 1) or fraction (< 1)
     recipe: str | None = None
@@ -176,6 +178,7 @@ def check_config(cfg: TrainConfig) -> None:
         "channels_last",
         "compile",
         "deterministic",
+        "sync_bn",
         "quiet",
     ):
         if not isinstance(getattr(cfg, name), bool):

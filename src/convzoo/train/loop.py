@@ -12,8 +12,12 @@ and validation runs in eval mode without touching the training RNG, so on the CP
 ``deterministic`` an interrupted-then-resumed run ends with the same weights, bit for
 bit, as an uninterrupted one.
 
-Distributed training would plug in where the loaders are built (``rank`` and
-``world_size``) and where the model is wrapped; this loop runs one process.
+Launched by ``torchrun`` (see :mod:`convzoo.train.distributed`), the same loop runs on
+every process: the model is wrapped in DistributedDataParallel, each rank trains on its
+share of every global batch, the evaluations are sharded and their counts summed, and
+only rank 0 writes the run directory and prints. Set-up errors, stop signals, the
+time-budget plan and divergence are agreed between the ranks, so that they all take the
+same steps and stop together.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import io
 import json
 import math
 import os
@@ -58,6 +63,17 @@ from .config import (
     TrainConfig,
     check_config,
 )
+from .distributed import (
+    Processes,
+    SetupFailed,
+    convert_sync_batchnorm,
+    data_signature,
+    global_batch_line,
+    global_batch_size,
+    rank_seed,
+    session,
+    shard_bounds,
+)
 from .ema import EMA
 from .progress import Progress
 from .schedule import Schedule, as_fraction, fit_steps, format_duration
@@ -67,6 +83,8 @@ SMALL_INPUT_BELOW = 64  # images under this many pixels get the small-input form
 BUDGET_MARGIN = 0.03  # plan to end this fraction before the budget
 DEFAULT_VAL_SIZE = 5000
 DEFAULT_FOLDER_VAL_FRACTION = 0.1
+# Distributed runs agree on stop signals and the time-budget plan every this many steps.
+AGREE_EVERY = {"cpu": 1, "cuda": 5}
 
 
 class TrainingInterrupted(Exception):
@@ -109,23 +127,40 @@ def train(
         on_step: called with the global step after every optimizer step (for tests and
             tools; an exception raised there stops the run as a crash would).
 
+    Under ``torchrun`` every process calls this (``convzoo train`` does); the process
+    group is joined here unless the caller has joined one already. Rank 0 returns the
+    contents of result.json; the other ranks return a short dict (rank, steps, test
+    accuracy).
+
     Raises:
         ConvzooError subclasses for bad options, data or checkpoints,
         TrainingInterrupted after SIGINT/SIGTERM (checkpoint saved), TrainingDiverged
         when the loss is no longer finite.
     """
-    run = _Run(config, resume=resume, command=command, started=started, on_step=on_step)
-    return run.execute()
+    with session() as procs:
+        run = _Run(
+            config, resume=resume, command=command, started=started, on_step=on_step, procs=procs
+        )
+        return run.execute()
 
 
 # ---------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device of ``--device name``; with ``local_rank``, CUDA means ``cuda:local_rank``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    if name == "cuda" and local_rank is not None:
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} has no GPU: this machine shows {count}; start at most "
+                f"{count} processes per machine (torchrun --nproc-per-node {count})"
+            )
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -169,6 +204,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _nothing() -> None:
+    pass
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def training_loss(output, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -299,7 +344,8 @@ class _EpochSums:
 
 
 class _Run:
-    def __init__(self, config, *, resume, command, started, on_step) -> None:
+    def __init__(self, config, *, resume, command, started, on_step, procs=None) -> None:
+        self.procs: Processes = procs if procs is not None else Processes()
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
         self.started = time.perf_counter() if started is None else started
@@ -314,14 +360,26 @@ class _Run:
     # ------------------------------------------------------------------ setup
 
     def execute(self) -> dict[str, Any]:
-        check_config(self.cfg)
         from ..registry import check_model_name
 
-        check_model_name(self.cfg.model)
-        if self.resume_dir is not None:
-            self._load_resume()
-        self.progress = Progress(0, quiet=self.cfg.quiet)
-        self._check_data_dir()
+        procs = self.procs
+
+        def check() -> None:
+            check_config(self.cfg)
+            check_model_name(self.cfg.model)
+            if self.resume_dir is not None and procs.is_main:
+                self._load_resume()
+
+        procs.agree(check)  # an error on any rank stops every rank
+        if self.resume_dir is not None and procs.enabled:
+            # Only rank 0 reads the run directory; the others get its checkpoint.
+            ckpt, path = procs.broadcast_object((self.ckpt, self.resumed_from))
+            if not procs.is_main:
+                self._apply_resume(ckpt, path)
+        if procs.is_main:
+            self.progress = Progress(0, quiet=self.cfg.quiet)
+        else:  # only rank 0 prints
+            self.progress = Progress(0, quiet=True, stream=io.StringIO())
         saved_threads = torch.get_num_threads()
         saved_det = torch.are_deterministic_algorithms_enabled()
         saved_det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -354,6 +412,11 @@ class _Run:
                 f"cannot resume: {run_dir} is not a run directory (no checkpoints/ in it)"
             )
         ckpt, path = load_latest_checkpoint(run_dir, warn=self._early_warn)
+        self._apply_resume(ckpt, path)
+
+    def _apply_resume(self, ckpt: dict, path: Path) -> None:
+        """Take the run's saved config (and the options that may change) from ``ckpt``."""
+        run_dir = self.resume_dir
         saved = ckpt.get("config") or {}
         if ckpt.get("model_name") != self.cfg.model:
             raise CheckpointError(
@@ -369,9 +432,9 @@ class _Run:
         cfg.quiet = given.quiet
         if given.device != "auto":  # e.g. finishing on the CPU a run begun on a GPU
             cfg.device = given.device
-        for name in ("threads", "data_dir", "save_every_steps"):
+        for name in ("threads", "data_dir", "save_every_steps", "sync_bn"):
             value = getattr(given, name)
-            if value:  # None or 0: keep the saved value
+            if value:  # None, 0 or False: keep the saved value
                 setattr(cfg, name, value)
         cfg.out = str(run_dir)
         self.cfg = cfg
@@ -379,44 +442,21 @@ class _Run:
         self.resumed_from = path
 
     def _early_warn(self, line: str) -> None:
-        print(f"warning: {line}", file=sys.stderr, flush=True)
+        if self.procs.is_main:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
 
     def _execute(self) -> dict[str, Any]:
         cfg = self.cfg
         log = self.progress.info
-        self.device = resolve_device(cfg.device)
-        cfg.device = self.device.type
-        if cfg.threads is None:
-            cfg.threads = 1 if cfg.deterministic else default_threads()
-        torch.set_num_threads(cfg.threads)
-        if cfg.deterministic:
-            if self.device.type == "cuda":
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            # On CUDA some kernels (e.g. adaptive pooling's backward) have no deterministic
-            # form: warn there instead of refusing to train.
-            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
-
-        self._check_run_dir()
-        self._load_data()
-        self._make_run_dir()
-        self._build_model()
-        self._build_loaders()
-        self._build_optimizer()
+        self.procs.agree(self._setup)  # an error on any rank stops every rank
+        # The run directory is made once the run is known to be able to start.
+        self.procs.agree(self._make_run_dir if self.procs.is_main else _nothing)
+        self._join()
         if cfg.recipe and self.ckpt is None:
             log(f"recipe: {cfg.recipe}")
         log(self._start_line)
-        self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"no training batches: {self.num_train} training images with batch size "
-                f"{cfg.batch_size}"
-            )
+        if self.procs.enabled:
+            log(self._distributed_line)
         self.epoch, self.batch, self.step = 0, 0, 0
         self.metrics: list[dict] = []
         self.best_val: float | None = None
@@ -428,7 +468,7 @@ class _Run:
             self._restore(self.ckpt)
             log(
                 f"resuming {self.run_dir} from {self.resumed_from.name}: epoch {self.epoch + 1}, "
-                f"batch {self.batch}, step {self.step}"
+                f"batch {self.batch}, step {self.step}" + self._resume_world_note()
             )
         self._write_config()
         self.progress.epochs = self.planned_epochs
@@ -436,6 +476,94 @@ class _Run:
             self._save()  # a good checkpoint to fall back on from the start
         self._loop()
         return self._finish()
+
+    def _setup(self) -> None:
+        """Everything up to the optimizer that can fail on one rank alone (its data, its
+        device, the run directory on rank 0); run under :meth:`Processes.agree`."""
+        cfg = self.cfg
+        procs = self.procs
+        self._check_data_dir()
+        self.device = resolve_device(cfg.device, procs.local_rank if procs.enabled else None)
+        cfg.device = self.device.type
+        if cfg.threads is None:
+            # the cores of a machine are shared by the processes running on it
+            cores = max(1, default_threads() // procs.local_world_size)
+            cfg.threads = 1 if cfg.deterministic else cores
+        torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            if self.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            # On CUDA some kernels (e.g. adaptive pooling's backward) have no deterministic
+            # form: warn there instead of refusing to train.
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        _seed_everything(cfg.seed)  # the same on every rank: the same initial weights
+
+        if procs.is_main:
+            self._check_run_dir()
+        self._load_data()
+        self._build_model()
+        self._build_loaders()
+        self._build_optimizer()
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"no training batches: {self.num_train} training images with batch size "
+                f"{cfg.batch_size}"
+                + (f" shared by {procs.world_size} processes" if procs.enabled else "")
+            )
+
+    def _join(self) -> None:
+        """Distributed runs: take rank 0's run directory, check that every rank found the
+        same data, wrap the model in DistributedDataParallel, give each rank its own
+        dropout RNG."""
+        procs = self.procs
+        if not procs.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        cfg = self.cfg
+        signature = data_signature(self.train_y, self.val_y, self.ds.test_labels, self.train_x)
+        mine = (cfg.out, signature, self.num_train, self.num_val, len(self.ds.test_labels))
+        every = procs.all_gather_object(mine)
+        differ = [r for r, theirs in enumerate(every) if theirs[1:] != every[0][1:]]
+        if differ:
+            lines = ", ".join(
+                f"rank {r}: {t[2]} training, {t[3]} validation, {t[4]} test images "
+                f"(fingerprint {t[1]})"
+                for r, t in enumerate(every)
+                if r == 0 or r in differ
+            )
+            raise SetupFailed(
+                f"the processes found different data ({lines}); every machine needs the same "
+                "copy of the dataset (check --data-dir and $CONVZOO_DATA on each)",
+                show=procs.is_main,
+            )
+        cfg.out = every[0][0]
+        self.run_dir = Path(cfg.out)
+        self.ck_dir = self.run_dir / "checkpoints"
+        ddp = DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+        )
+        self.forward_model = torch.compile(ddp) if cfg.compile else ddp
+        _seed_everything(rank_seed(cfg.seed, procs.rank))  # dropout differs between ranks
+        threads = "1 thread" if cfg.threads == 1 else f"{cfg.threads} threads"
+        self._distributed_line = (
+            f"distributed: {procs.world_size} processes ({procs.backend}), "
+            f"{global_batch_line(cfg.batch_size, procs.world_size)}, {threads} each"
+            + (f", SyncBatchNorm in {self.sync_bn_layers} layers" if self.sync_bn_layers else "")
+        )
+
+    def _resume_world_note(self) -> str:
+        saved = int(self.ckpt.get("world_size") or 1)
+        if saved == self.procs.world_size:
+            return ""
+        return (
+            f" (a run of {saved} process{'es' if saved > 1 else ''}, now {self.procs.world_size})"
+        )
 
     def _load_data(self) -> None:
         from ..data.datasets import DATASET_NAMES, load_dataset
@@ -570,6 +698,11 @@ class _Run:
                 f"are {self.input_size[1]}x{self.input_size[2]}; use {fix}"
             )
         model.name = cfg.model
+        self.sync_bn_layers = 0
+        if cfg.sync_bn and self.procs.enabled:
+            model, self.sync_bn_layers = convert_sync_batchnorm(model, self.device)
+            if not self.sync_bn_layers:
+                self.progress.warn(f"--sync-bn: {cfg.model} has no batch norm; nothing to do")
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -616,7 +749,7 @@ class _Run:
             resize=self.resize,
             channels_last=cfg.channels_last,
         )
-        # rank/world_size: one process here; distributed training passes its own.
+        # batch_size is the global batch; each rank takes its share of every batch.
         self.train_loader = Loader(
             self.train_x,
             self.train_y,
@@ -626,17 +759,27 @@ class _Run:
             seed=cfg.seed,
             augment=aug,
             num_classes=self.ds.num_classes,
-            rank=0,
-            world_size=1,
+            rank=self.procs.rank,
+            world_size=self.procs.world_size,
             **common,
         )
         self.eval_batch = max(cfg.batch_size * 2, 256)
-        self.val_loader = (
-            Loader(self.val_x, self.val_y, batch_size=self.eval_batch, **common)
-            if self.num_val
-            else None
-        )
         self._loader_common = common
+        self.val_loader = self._eval_loader(self.val_x, self.val_y) if self.num_val else None
+
+    def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor):
+        """A loader of this rank's contiguous shard of an evaluation set (all of it with
+        one process); the shards are disjoint and cover the set, with no padding."""
+        from ..data.loader import Loader
+
+        lo, hi = shard_bounds(len(labels), self.procs.rank, self.procs.world_size)
+        return Loader(
+            images[lo:hi], labels[lo:hi], batch_size=self.eval_batch, **self._loader_common
+        )
+
+    def _global_n(self, index: int) -> int:
+        """Images in global batch ``index`` of an epoch (all ranks together)."""
+        return global_batch_size(self.num_train, self.cfg.batch_size, index)
 
     def _build_optimizer(self) -> None:
         cfg = self.cfg
@@ -686,20 +829,30 @@ class _Run:
     def planned_epochs(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
-    def _train_step(self, x, y, lr: float):
-        """One optimizer step; returns (loss, correct) as tensors (no host sync)."""
+    def _train_step(self, x, y, lr: float, global_n: int | None = None):
+        """One optimizer step; returns (loss, correct) as tensors (no host sync).
+
+        In a distributed run ``global_n`` is the size of the global batch: each rank's
+        mean loss is weighted by its share of it, so that the gradient DDP averages is
+        the gradient of the mean loss over the global batch even when the shares differ.
+        """
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         with self._autocast():
             out = self.forward_model(x)
             loss = training_loss(out, y, self.cfg.label_smoothing)
+        objective = loss
+        if self.procs.world_size > 1 and global_n:
+            share = x.shape[0] * self.procs.world_size / global_n
+            if share != 1.0:
+                objective = loss * share
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(objective).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
+            objective.backward()
             self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -717,13 +870,11 @@ class _Run:
 
         The measuring steps run on the real model and data, after which the weights,
         optimizer state and RNG are put back as they were: they are not part of the run.
+        In a distributed run every rank takes the probe steps together (DDP needs them
+        all) and rank 0's plan is followed by all.
         """
-        from ..data.loader import Loader
-        from ..evaluate import evaluate
-
         cfg = self.cfg
         budget = float(cfg.time_budget)
-        spe = self.steps_per_epoch
         model_state = copy.deepcopy(self.model.state_dict())
         rng = rng_state()
         real_opt, real_ema = self.optimizer, self.ema
@@ -736,9 +887,9 @@ class _Run:
         probe_start = time.perf_counter()
         try:
             for epoch in range(1000):
-                for x, y in self.train_loader.epoch(epoch):
+                for b, (x, y) in enumerate(self.train_loader.epoch(epoch)):
                     t0 = time.perf_counter()
-                    self._train_step(x, y, cfg.lr / 25)
+                    self._train_step(x, y, cfg.lr / 25, self._global_n(b))
                     self._sync()
                     dt = time.perf_counter() - t0
                     done += 1
@@ -748,7 +899,8 @@ class _Run:
                     else:
                         timed += 1
                         seconds += dt
-                    if over or (seconds >= limit and timed >= 3) or timed >= 30:
+                    stop = over or (seconds >= limit and timed >= 3) or timed >= 30
+                    if self.procs.main_says(stop):  # every rank takes the same steps
                         break
                 else:
                     continue
@@ -761,6 +913,31 @@ class _Run:
             set_rng_state(rng)
         # With no timed step (a step is a large part of the budget) the last warm one is used.
         step_s = seconds / timed if timed else (t_warm or 1.0)
+        if not self.procs.enabled:
+            return self._fit_budget(budget, step_s)
+        # Rank 0 measures the rest and plans; every rank follows its plan.
+        total, error = 0, None
+        if self.procs.is_main:
+            try:
+                total = self._fit_budget(budget, step_s)
+            except ConfigError as exc:
+                error = str(exc)
+        total, self.budget_plan, self._rate, error = self.procs.broadcast_object(
+            (total, self.budget_plan, getattr(self, "_rate", step_s), error)
+        )
+        if error is not None:
+            raise SetupFailed(error, show=self.procs.is_main)
+        self.model.train()
+        return total
+
+    def _fit_budget(self, budget: float, step_s: float) -> int:
+        """The steps that fit the budget at ``step_s`` seconds a step, after measuring
+        evaluation, saving and plotting speed (rank 0 of a distributed run)."""
+        from ..data.loader import Loader
+        from ..evaluate import evaluate
+
+        cfg = self.cfg
+        spe = self.steps_per_epoch
         # Evaluation speed on a few training images (no augmentation): the test set is
         # only used once, at the end.
         n_probe = min(self.num_train, self.eval_batch)
@@ -775,6 +952,7 @@ class _Run:
         evaluate(self.model, probe, self.ds.num_classes)
         self._sync()
         eval_rate = n_probe / max(time.perf_counter() - t0, 1e-6)  # images/s
+        eval_rate *= self.procs.world_size  # the ranks share the evaluations
         # Saving a checkpoint (about the model's size twice, with the optimizer's state)
         # and drawing the plots.
         t0 = time.perf_counter()
@@ -952,6 +1130,7 @@ class _Run:
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
+            "world_size": self.procs.world_size,
             "planned_steps": self.total_steps,
             "budget_plan": self.budget_plan,
             "epoch_sums": sums.state() if sums is not None else None,
@@ -964,9 +1143,24 @@ class _Run:
         }
 
     def _save(self, sums: _EpochSums | None = None, *, best: bool = False) -> None:
-        """Write checkpoints/last.pt (keeping the previous one as last.prev.pt)."""
+        """Write checkpoints/last.pt (keeping the previous one as last.prev.pt).
+
+        Distributed runs: every rank calls this (the loss sums are added up and every
+        rank's RNG state is collected); rank 0 writes. The weights are those of the
+        unwrapped model, so the checkpoint is the same as a one-process run's.
+        """
+        procs = self.procs
+        rngs = None
+        if procs.enabled:
+            if sums is not None:
+                sums = self._global_sums(sums)
+            rngs = procs.all_gather_object(rng_state())
+            if not procs.is_main:
+                return
         last = self.ck_dir / "last.pt"
         state = self._state(sums)
+        if rngs is not None:
+            state["rng_ranks"] = rngs  # rank r's RNG; "rng" is rank 0's
         if last.exists() and self.last_is_good:
             link_or_copy(last, self.ck_dir / "last.prev.pt")
         save_checkpoint(state, last)
@@ -997,8 +1191,17 @@ class _Run:
         self.best_val = ckpt.get("best_val_accuracy")
         self.best_epoch = ckpt.get("best_epoch")
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-        self.resume_sums = ckpt.get("epoch_sums")
-        set_rng_state(ckpt["rng"])
+        procs = self.procs
+        # The saved loss sums cover every rank's images: rank 0 carries them on.
+        self.resume_sums = ckpt.get("epoch_sums") if procs.is_main else None
+        saved_world = int(ckpt.get("world_size") or 1)
+        rngs = ckpt.get("rng_ranks")
+        if saved_world == procs.world_size and rngs and len(rngs) == procs.world_size:
+            set_rng_state(rngs[procs.rank])  # an exact continuation
+        elif procs.rank == 0:
+            set_rng_state(ckpt["rng"])
+        else:  # a rank the saved run did not have: a seed of its own, fixed by the step
+            _seed_everything(rank_seed(self.cfg.seed + self.step, procs.rank))
         if self.step != self.epoch * self.steps_per_epoch + self.batch:
             raise CheckpointError(
                 f"the checkpoint's position (epoch {self.epoch}, batch {self.batch}, step "
@@ -1009,11 +1212,15 @@ class _Run:
         self.last_is_good = self.resumed_from is not None and self.resumed_from.name == "last.pt"
 
     def _write_config(self) -> None:
+        if not self.procs.is_main:
+            return
         _atomic_write_text(
             self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n"
         )
 
     def _write_metrics(self) -> None:
+        if not self.procs.is_main:
+            return
         text = "".join(json.dumps(_json_safe(row)) + "\n" for row in self.metrics)
         _atomic_write_text(self.run_dir / "metrics.jsonl", text)
 
@@ -1031,6 +1238,8 @@ class _Run:
         cfg = self.cfg
         spe = self.steps_per_epoch
         check_every = 10 if self.device.type == "cpu" else 50
+        distributed = self.procs.enabled
+        agree_every = AGREE_EVERY.get(self.device.type, 5)
         every = cfg.save_every_steps
         self._window_step, self._window_seconds = self.step, self.train_seconds
         self._window_time = time.perf_counter()
@@ -1050,7 +1259,7 @@ class _Run:
             if self.batch < epoch_batches:
                 for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
                     lr = cfg.lr * self.schedule.factor(self.step)
-                    loss, correct = self._train_step(x, y, lr)
+                    loss, correct = self._train_step(x, y, lr, self._global_n(self.batch))
                     n = x.shape[0]
                     sums.loss_sum += loss * n
                     sums.correct += correct
@@ -1060,10 +1269,10 @@ class _Run:
                     self._tick(sums)
                     if self.step % check_every == 0:
                         self._check_finite(sums)
-                    if self.signals.received is not None:
+                    if not distributed and self.signals.received is not None:
                         self._sync()
                         self._tick(sums)
-                        self._interrupted(sums)
+                        self._interrupted(sums, self.signals.received)
                     if every and self.step % every == 0 and self.batch < epoch_batches:
                         self._check_finite(sums)
                         self._sync()
@@ -1081,22 +1290,65 @@ class _Run:
                     )
                     if self.on_step is not None:
                         self.on_step(self.step)
-                    if self.budget_plan is not None:
+                    agree_now = distributed and self.step % agree_every == 0
+                    if self.budget_plan is not None and (agree_now or not distributed):
                         self._tick(sums)
-                        self._replan()
+                        if self.procs.is_main:
+                            self._replan()  # shared with the other ranks just below
+                    if agree_now:
+                        signum = self._agree_step()
+                        if signum is not None:
+                            self._sync()
+                            self._tick(sums)
+                            self._interrupted(sums, signum)
+                    if self.budget_plan is not None:
                         epoch_batches = min(spe, self.total_steps - self.epoch * spe)
                     if self.batch >= epoch_batches:
                         break
             self._sync()
             self._tick(sums)
             self._epoch_end(sums, lr)
-            if self.signals.received is not None and self.step < self.total_steps:
-                self._interrupted_after_epoch()
+            signum = self._agree_step() if distributed else self.signals.received
+            if signum is not None and self.step < self.total_steps:
+                self._interrupted_after_epoch(signum)
             if self.budget_plan is not None:
                 self._window_time = time.perf_counter()  # validation is not training time
 
-    def _interrupted(self, sums: _EpochSums) -> None:
-        signum = self.signals.received
+    def _agree_step(self) -> int | None:
+        """Distributed runs: a stop signal received by any rank, and rank 0's planned
+        steps, made known to every rank (one small all-reduce), so that all stop at the
+        same step and follow the same time-budget plan."""
+        mine = torch.tensor(
+            [self.signals.received or 0, self.total_steps if self.procs.is_main else 0],
+            dtype=torch.int64,
+        )
+        signum, total = (int(v) for v in self.procs.all_reduce(mine, "max"))
+        if total != self.total_steps:
+            self.total_steps = total
+            self.schedule.total_steps = max(total, 1)
+            self.progress.epochs = self.planned_epochs
+        return signum or None
+
+    def _global_sums(self, sums: _EpochSums) -> _EpochSums:
+        """The loss, correct and seen counts of every rank added up (rank 0's seconds)."""
+        if not self.procs.enabled:
+            return sums
+        local = torch.stack(
+            [
+                sums.loss_sum.detach().double(),
+                sums.correct.detach().double(),
+                torch.tensor(float(sums.seen), dtype=torch.float64, device=sums.loss_sum.device),
+            ]
+        )
+        total = self.procs.all_reduce(local)
+        return _EpochSums(
+            total[0].to(sums.loss_sum.dtype),
+            total[1].round().to(sums.correct.dtype),
+            int(round(float(total[2]))),
+            sums.seconds,
+        )
+
+    def _interrupted(self, sums: _EpochSums, signum: int) -> None:
         self._check_finite(sums)
         self._save(sums)
         name = signal.Signals(signum).name
@@ -1107,8 +1359,7 @@ class _Run:
         )
         raise TrainingInterrupted(msg, signum, self.run_dir)
 
-    def _interrupted_after_epoch(self) -> None:
-        signum = self.signals.received
+    def _interrupted_after_epoch(self, signum: int) -> None:
         name = signal.Signals(signum).name
         msg = (
             f"{name} received: stopped after epoch {self.epoch}, step {self.step}; "
@@ -1117,10 +1368,15 @@ class _Run:
         )
         raise TrainingInterrupted(msg, signum, self.run_dir)
 
-    def _check_finite(self, sums: _EpochSums) -> None:
-        if bool(torch.isfinite(sums.loss_sum)):
+    def _check_finite(self, sums: _EpochSums, *, summed: bool = False) -> None:
+        """Raise TrainingDiverged if the loss is no longer finite (on any rank: every
+        rank calls this at the same steps and they all stop together)."""
+        loss = sums.loss_sum
+        if self.procs.enabled and not summed:
+            loss = self.procs.all_reduce(loss)
+        if bool(torch.isfinite(loss)):
             return
-        what = "NaN" if bool(torch.isnan(sums.loss_sum)) else "infinite"
+        what = "NaN" if bool(torch.isnan(loss)) else "infinite"
         last = self.ck_dir / "last.pt"
         kept = (
             f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
@@ -1134,11 +1390,14 @@ class _Run:
     def _epoch_end(self, sums: _EpochSums, lr: float) -> None:
         from ..evaluate import evaluate
 
-        self._check_finite(sums)
+        sums = self._global_sums(sums)
+        self._check_finite(sums, summed=True)
         t0 = time.perf_counter()
         eval_model = self.ema.module if self.ema is not None else self.model
         if self.val_loader is not None:
-            res = evaluate(eval_model, self.val_loader, self.ds.num_classes)
+            res = evaluate(
+                eval_model, self.val_loader, self.ds.num_classes, distributed=self.procs.enabled
+            )
             val_loss, val_acc = res.loss, res.accuracy
             self._measured_eval(self.num_val, time.perf_counter() - t0)
         else:
@@ -1181,20 +1440,27 @@ class _Run:
 
     def _finish(self) -> dict[str, Any]:
         from ..anatomy import summary
-        from ..data.loader import Loader
         from ..evaluate import evaluate
 
         cfg = self.cfg
         final = self.ema.module if self.ema is not None else self.model
         final.eval()
-        test_loader = Loader(
-            self.ds.test_images,
-            self.ds.test_labels,
-            batch_size=self.eval_batch,
-            **self._loader_common,
+        # Distributed runs: each rank tests its shard; the counts are added up.
+        test_loader = self._eval_loader(self.ds.test_images, self.ds.test_labels)
+        dist_eval = self.procs.enabled
+        res = evaluate(final, test_loader, self.ds.num_classes, distributed=dist_eval)
+        res_tta = (
+            evaluate(final, test_loader, self.ds.num_classes, tta=True, distributed=dist_eval)
+            if cfg.tta
+            else None
         )
-        res = evaluate(final, test_loader, self.ds.num_classes)
-        res_tta = evaluate(final, test_loader, self.ds.num_classes, tta=True) if cfg.tta else None
+        if not self.procs.is_main:  # rank 0 writes the files
+            return {
+                "rank": self.procs.rank,
+                "steps": self.step,
+                "test_accuracy": res.accuracy,
+                "run_dir": str(self.run_dir),
+            }
         s = summary(final, self.input_size)
         self._save_safetensors(final)
         spe = self.steps_per_epoch
@@ -1228,6 +1494,7 @@ class _Run:
             "deterministic": cfg.deterministic,
             "device": str(self.device),
             "threads": cfg.threads,
+            "world_size": self.procs.world_size,
             "torch_version": str(torch.__version__),
             "convzoo_version": _version(),
             "command": self.command or f"convzoo.train({cfg.model!r})",
