@@ -470,3 +470,26 @@ def test_one_run_report_uses_given_logits(runs, tmp_path):
     page = Page(out.read_text(encoding="utf-8"))
     assert "not measured" in page.text and "measured on this machine" not in page.text
     assert len(page.images) == 3
+
+
+def test_speed_uses_the_fast_backend_when_there_is_one(monkeypatch):
+    import convzoo
+    from convzoo.report import analysis
+
+    model = convzoo.get_model("nin", num_classes=10, in_channels=1, small_input=True, width=0.125)
+    model.eval()
+    speed = analysis.measure_speed(model, (1, 28, 28), min_seconds=0.01, warmup=1, repeats=2)
+    assert speed["images_per_second"] > 0 and speed["batch"] == 64
+    assert speed["backend"] == ("fast" if analysis.infer_available() else "eager")
+    eager = analysis.measure_speed(model, (1, 28, 28), backend="eager", min_seconds=0.01)
+    assert eager["backend"] == "eager" and eager["images_per_second"] > 0
+    assert model.training is False  # the model measured was a copy, left as it was
+    if analysis.infer_available():
+        import convzoo.infer
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("cannot fuse")
+
+        monkeypatch.setattr(convzoo.infer, "optimize", broken)
+        speed = analysis.measure_speed(model, (1, 28, 28), min_seconds=0.01)
+        assert speed["backend"] == "eager" and "cannot fuse" in speed["fallback_reason"]

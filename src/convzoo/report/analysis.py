@@ -239,6 +239,8 @@ def analyse_run(
             out.speed = measure_speed(
                 model, input_size, device=model_device, min_seconds=speed_seconds
             )
+            if out.speed.get("fallback_reason"):
+                out.notes.append(f"timed with the eager model: the {out.speed['fallback_reason']}")
         except Exception as exc:  # noqa: BLE001 - reported as a note
             out.notes.append(f"the inference speed could not be measured: {exc}")
     return out
@@ -304,11 +306,8 @@ def measure_speed(
             measured = infer.measure_throughput(
                 fast, example, repeats=max(repeats, 10), warmup=warmup
             )
-            result.update(
-                images_per_second=float(measured["images_per_second"]),
-                backend=backend,
-                timer="convzoo.infer",
-            )
+            ips = measured.get("images_per_second", measured.get("images_per_s"))
+            result.update(images_per_second=float(ips), backend=backend, timer="convzoo.infer")
             return result
         except Exception as exc:  # noqa: BLE001 - fall back to eager timing, noted
             result["fallback_reason"] = f"{backend} backend failed: {exc}"
