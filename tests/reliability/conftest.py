@@ -17,25 +17,46 @@ from collections import Counter
 
 import pytest
 
-TALLY: Counter = Counter()
+
+class Tally(Counter):
+    """Counts keyed ``"kill:<phase>"``, ``"input:<kind>"`` (tried), ``"refused:<kind>"``
+    and ``"lost"`` (checkpoints found unreadable after a kill)."""
+
+    def input(self, kind: str, refused: bool = True) -> None:
+        self[f"input:{kind}"] += 1
+        if refused:
+            self[f"refused:{kind}"] += 1
+
+    def kill(self, phase: str, count: int = 1) -> None:
+        self[f"kill:{phase}"] += count
+
+    def lost(self, count: int) -> None:
+        self["lost"] += count
+
+
+TALLY = Tally()
 
 
 @pytest.fixture
-def tally() -> Counter:
-    """The session's counter; keys are ``"kill:<phase>"``, ``"input:<kind>"``, ``"lost"``."""
+def tally() -> Tally:
+    """The session's :class:`Tally`."""
     return TALLY
 
 
 def summary_line(counts: Counter) -> str:
     kills = {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("kill:")}
-    inputs = {k[6:]: v for k, v in sorted(counts.items()) if k.startswith("input:")}
+    tried = {k[6:]: v for k, v in sorted(counts.items()) if k.startswith("input:")}
     parts = []
     if kills:
         detail = ", ".join(f"{v} {k}" for k, v in kills.items())
         parts.append(f"{sum(kills.values())} kills survived ({detail})")
-    if inputs:
-        detail = ", ".join(f"{k} {v}" for k, v in inputs.items())
-        parts.append(f"{sum(inputs.values())} corrupt or hostile inputs refused ({detail})")
+    if tried:
+        refused = {k: counts.get(f"refused:{k}", 0) for k in tried}
+        detail = ", ".join(f"{k} {v}/{refused[k]}" for k, v in tried.items())
+        parts.append(
+            f"{sum(tried.values())} corrupt or hostile inputs tried, "
+            f"{sum(refused.values())} refused (kind tried/refused: {detail})"
+        )
     parts.append(f"{counts.get('lost', 0)} checkpoints lost or unreadable")
     return "reliability: " + "; ".join(parts)
 

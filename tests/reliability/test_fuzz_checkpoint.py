@@ -70,9 +70,9 @@ def _load(path, tally, kind):
     status, value = works_or_refuses(load_checkpoint, path)
     if status == "refused":
         assert isinstance(value, CheckpointError) and str(path) in str(value)
-        tally[f"input:checkpoint {kind}"] += 1
     else:
         assert isinstance(value, dict) and value["format"] == FORMAT
+    tally.input(f"checkpoint {kind}", refused=status == "refused")
     return status, value
 
 
@@ -245,7 +245,7 @@ def test_crafted_tensors_refused_without_allocating(tmp_path, tally, name):
     path.write_bytes(_crafted({"format": FORMAT, "model": {"w": tensor}}, records))
     with memory_ceiling(2**30), pytest.raises(CheckpointError):
         load_checkpoint(path)
-    tally["input:checkpoint crafted tensor"] += 1
+    tally.input("checkpoint crafted tensor")
 
 
 def test_crafted_zero_stride_view_costs_nothing_and_fits_no_model(tmp_path, tally):
@@ -262,7 +262,7 @@ def test_crafted_zero_stride_view_costs_nothing_and_fits_no_model(tmp_path, tall
         state["model"][name] = view
         with pytest.raises(CheckpointError, match="shape"):
             model_from_checkpoint(state)
-    tally["input:checkpoint crafted tensor"] += 1
+    tally.input("checkpoint crafted tensor")
 
 
 # ------------------------------------------------------------------ model options
@@ -293,7 +293,7 @@ def test_model_options_from_a_file(tally, name, num_classes, width, in_channels,
         assert fits or (name == "nin" and _same_shapes(value, state["model"]))
     else:
         assert isinstance(value, (CheckpointError, ModelError)), value
-        tally["input:checkpoint model options"] += 1
+    tally.input("checkpoint model options", refused=status == "refused")
 
 
 def _same_shapes(model, weights) -> bool:
@@ -306,5 +306,5 @@ def test_a_billion_classes_is_refused_at_once(tally):
     ckpt = {**_state(), "model_options": {**OPTIONS, "num_classes": 10**9}}
     with memory_ceiling(2**30), pytest.raises(CheckpointError, match="do not fit"):
         model_from_checkpoint(ckpt)
-    tally["input:checkpoint model options"] += 1
+    tally.input("checkpoint model options")
     assert math.prod((10**9, 24)) > 2**30  # the head alone would exceed the ceiling

@@ -40,13 +40,15 @@ def no_decoding(monkeypatch):
 
 def _check_image(path, tally, kind):
     """load_image works or refuses; a result has the asked shape and dtype."""
+    refused = False
     for channels in (1, 3):
         status, value = works_or_refuses(load_image, path, channels, (8, 6))
         if status == "ok":
             assert value.dtype == torch.uint8 and tuple(value.shape) == (channels, 8, 6)
         else:
             assert isinstance(value, DataError) and str(path) in str(value)
-            tally[f"input:image {kind}"] += 1
+            refused = True
+    tally.input(f"image {kind}", refused=refused)
 
 
 @FUZZ
@@ -138,7 +140,7 @@ def test_decompression_bombs_refused_before_decoding(tmp_path, tally, no_decodin
     with pytest.raises(DataError, match="pixels") as err:
         load_image(path, 3, (28, 28))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
-    tally["input:image bomb header"] += 1
+    tally.input("image bomb header")
     # the same file in an image folder: refused while the folder is scanned
     root = tmp_path / "folder"
     (root / "a").mkdir(parents=True)
@@ -148,7 +150,7 @@ def test_decompression_bombs_refused_before_decoding(tmp_path, tally, no_decodin
     (root / "a" / name).write_bytes(data)
     with pytest.raises(DataError, match="pixels"):
         load_dataset(str(root))
-    tally["input:image bomb header"] += 1
+    tally.input("image folder with a bomb header")
 
 
 def test_bomb_limit_is_below_pillows():
@@ -174,7 +176,7 @@ def test_folder_too_big_to_hold_is_refused_before_allocating(tmp_path, tally, im
     """--image-size 100000 on 15 images would need 450 GB: refused, nothing allocated."""
     with pytest.raises(DataError, match="image-size|too large|bytes"):
         load_dataset(str(image_folder), image_size=100_000)
-    tally["input:image folder too big"] += 1
+    tally.input("image folder too big")
 
 
 @FUZZ
@@ -204,4 +206,4 @@ def test_one_bad_file_in_a_folder(tmp_path_factory, tally, bad, position):
     with pytest.raises(DataError) as err:
         load_dataset(str(root))
     assert victim.name in str(err.value) and "\n" not in str(err.value)
-    tally["input:image folder with a bad file"] += 1
+    tally.input("image folder with a bad file")

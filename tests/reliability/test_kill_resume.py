@@ -189,7 +189,7 @@ def test_sigkill_anywhere_then_resume_is_bitwise_equal(tmp_path, tally, capsys):
         code = watched.kill()
         assert code == -signal.SIGKILL, (kind, code, watched.other)
         step, lost = check_checkpoints(run)
-        tally["lost"] += lost
+        tally.lost(lost)
         assert lost == 0, f"unreadable checkpoint after a kill in {watched.phase}"
         assert step >= last_step, f"last.pt went back from step {last_step} to {step}"
         last_step = step
@@ -223,7 +223,7 @@ def test_sigkill_anywhere_then_resume_is_bitwise_equal(tmp_path, tally, capsys):
     for phase in ("training step", "evaluation", "checkpoint write"):
         assert kills[phase] >= 2, (phase, log)
     for phase, count in kills.items():
-        tally[f"kill:{phase}"] += count
+        tally.kill(phase, count)
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, capsys):

@@ -155,7 +155,7 @@ def test_load_checkpoint_never_runs_the_payload(tmp_path, tally, kind):
     assert "\n" not in str(err.value)
     if kind != "zip, the whole object":
         assert isinstance(err.value, UnsafeCheckpointError), err.value
-    tally["input:checkpoint that runs code"] += 1
+    tally.input("checkpoint that runs code")
 
 
 def run_cli(argv, capsys):
@@ -200,7 +200,7 @@ def test_commands_refuse_a_checkpoint_that_runs_code(tmp_path, capsys, tally, co
     assert "arbitrary code" in err, err
     assert not marker.exists()
     assert not (run / "model.safetensors").exists()
-    tally["input:checkpoint that runs code (CLI)"] += 1
+    tally.input("checkpoint that runs code (CLI)")
 
 
 def test_resume_does_not_fall_back_onto_a_hostile_checkpoint(tmp_path, capsys, tally):
@@ -211,7 +211,7 @@ def test_resume_does_not_fall_back_onto_a_hostile_checkpoint(tmp_path, capsys, t
     write_evil(run / "checkpoints" / "last.prev.pt", "bare pickle", marker)
     code, _, err = run_cli(["train", "nin", "--resume", str(run), "--quiet"], capsys)
     assert code == 2 and "arbitrary code" in err and not marker.exists(), err
-    tally["input:checkpoint that runs code (CLI)"] += 1
+    tally.input("checkpoint that runs code (CLI)")
 
 
 def test_a_checkpoint_in_a_subprocess_exits_2(tmp_path, tally):
@@ -229,7 +229,7 @@ def test_a_checkpoint_in_a_subprocess_exits_2(tmp_path, tally):
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "arbitrary code" in proc.stderr
     assert not marker.exists()
-    tally["input:checkpoint that runs code (CLI)"] += 1
+    tally.input("checkpoint that runs code (CLI)")
 
 
 # ------------------------------------------------------------------ safetensors
@@ -320,7 +320,7 @@ def test_hostile_safetensors_refused(tmp_path, tally):
         with memory_ceiling(2**30), pytest.raises((CheckpointError, ModelError)) as err:
             load_safetensors(path)
         assert "\n" not in str(err.value), name
-        tally["input:safetensors hostile"] += 1
+        tally.input("safetensors hostile")
 
 
 # ------------------------------------------------------------------ CIFAR-10 tarballs
@@ -406,7 +406,7 @@ def test_cifar_tarball_traversal_refused(tmp_path, tally, name, where):
     # nothing was extracted or created anywhere
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert not os.path.lexists("/tmp/evil")
-    tally["input:cifar tarball traversal"] += 1
+    tally.input("cifar tarball traversal")
 
 
 def test_the_tiny_tarball_itself_loads(tmp_path):
@@ -472,7 +472,7 @@ def test_cifar_hostile_batches_refused(tmp_path, tally, layout):
             load_dataset("cifar10", data_dir=root)
         assert "\n" not in str(err.value), name
         assert not marker.exists(), name
-        tally["input:cifar batch hostile"] += 1
+        tally.input("cifar batch hostile")
 
 
 def test_cifar_member_declaring_a_huge_size_is_not_read(tmp_path, tally):
@@ -488,4 +488,4 @@ def test_cifar_member_declaring_a_huge_size_is_not_read(tmp_path, tally):
     archive.write_bytes(gzip.compress(raw.getvalue()))
     with memory_ceiling(2**30), pytest.raises(DataError, match="implausibly large|not a readable"):
         read_cifar_tarball(archive)
-    tally["input:cifar tarball huge member"] += 1
+    tally.input("cifar tarball huge member")
