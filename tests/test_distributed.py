@@ -86,6 +86,10 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _rng_digest(state: torch.Tensor) -> str:
+    return hashlib.sha1(state.numpy().tobytes()).hexdigest()
+
+
 def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> None:
     """One rank: torchrun's variables, the test hooks, then `convzoo train`."""
     out_dir = Path(opts["record"])
@@ -109,7 +113,7 @@ def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> No
     from convzoo.data.loader import Loader
     from convzoo.train import loop
 
-    record: dict = {"digests": [], "indices": []}
+    record: dict = {"digests": [], "indices": [], "rng": []}
     prepare, train_step = Loader._prepare, loop._Run._train_step
 
     def recording_prepare(self, idx, epoch, b, share=None):
@@ -119,6 +123,7 @@ def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> No
         return prepare(self, idx, epoch, b, share)
 
     def recording_step(self, *args, **kwargs):
+        record["rng"].append(_rng_digest(torch.get_rng_state()))
         result = train_step(self, *args, **kwargs)
         record["digests"].append(_digest(self.model))
         if opts.get("signal_at") == [rank, len(record["digests"])]:
@@ -292,12 +297,13 @@ def test_two_processes_train_like_one(data_dir, reference, tmp_path):
     assert ck["config"]["batch_size"] == 32  # the global batch
 
 
-def test_sigterm_on_one_rank_stops_both_then_one_process_resumes(data_dir, reference, tmp_path):
-    """SIGTERM to rank 1 alone: both ranks stop after the same step, rank 0 saves; the
-    two-process checkpoint then continues in one process to the reference weights."""
+def test_sigterm_on_one_rank_stops_both_then_resume_on_two_then_one(data_dir, reference, tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop after the same step and rank 0 saves; the
+    run continues on two processes (each rank with its own saved RNG state), is stopped
+    again, and ends in one process with the reference weights."""
     ref_dir, _ = reference
     out = tmp_path / "stopped"
-    ranks = run_ranks(cli_args(data_dir, out=out), tmp_path, signal_at=[1, 5])
+    ranks = run_ranks(cli_args(data_dir, out=out), tmp_path, signal_at=[1, 5], name="first")
     assert ranks.codes == [128 + signal.SIGTERM] * 2, ranks.logs
     assert "SIGTERM received: stopped at epoch 1, step 5" in ranks.logs[0]
     assert f"--resume {out}" in ranks.logs[0] and "Traceback" not in ranks.logs[0]
@@ -305,6 +311,14 @@ def test_sigterm_on_one_rank_stops_both_then_one_process_resumes(data_dir, refer
     assert len(ranks.records[0]["digests"]) == len(ranks.records[1]["digests"]) == 5
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["step"] == 5 and ck["world_size"] == 2
+    saved_rng = [_rng_digest(state["torch"]) for state in ck["rng_ranks"]]
+    assert saved_rng[0] != saved_rng[1]  # each rank has its own dropout RNG
+
+    # Two processes again: each rank takes up its own RNG state; SIGTERM to rank 0 now.
+    again = run_ranks(["nin", "--resume", str(out)], tmp_path, signal_at=[0, 3], name="second")
+    assert again.codes == [128 + signal.SIGTERM] * 2, again.logs
+    assert [rec["rng"][0] for rec in again.records] == saved_rng
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 8
 
     assert main(["train", "nin", "--resume", str(out), "--quiet"]) == 0  # one process
     assert_close_weights(out, ref_dir)

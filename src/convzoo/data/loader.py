@@ -125,8 +125,9 @@ class Loader:
     into ``world_size`` near-equal contiguous shares and rank ``rank`` gets its own (a last
     partial batch smaller than ``world_size`` is dropped, so every rank takes the same
     number of steps). Augmentation is drawn for the whole global batch, so the shares
-    are exactly the rows of the one-process batch. ``augment(x_uint8, y, generator)`` runs on each batch before
-    normalisation; a float result is taken to be in the same 0-255 units.
+    are exactly the rows of the one-process batch. ``augment(x_uint8, y, generator)``
+    runs on each batch before normalisation; a float result is taken to be in the same
+    0-255 units.
     ``num_classes``, when given, is checked against the labels.
     """
 

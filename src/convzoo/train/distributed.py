@@ -304,12 +304,14 @@ def session() -> Iterator[Processes]:
             yield _ACTIVE[-1]
             return
         env = launch_env()
+        if env is not None:
+            local_rank, local_world = env.local_rank, env.local_world_size
+        else:  # a group the caller formed without torchrun's variables
+            cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+            local_rank = torch.cuda.current_device() if cuda else 0
+            local_world = dist.get_world_size()  # at most this many share the machine
         procs = Processes(
-            dist.get_rank(),
-            dist.get_world_size(),
-            env.local_rank if env else 0,
-            env.local_world_size if env else 1,
-            enabled=True,
+            dist.get_rank(), dist.get_world_size(), local_rank, local_world, enabled=True
         )
         _ACTIVE.append(procs)
         try:
