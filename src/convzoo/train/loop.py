@@ -1440,7 +1440,7 @@ class _Run:
 
     def _finish(self) -> dict[str, Any]:
         from ..anatomy import summary
-        from ..evaluate import evaluate
+        from ..evaluate import evaluate, metrics_from_logits, predict_logits
 
         cfg = self.cfg
         final = self.ema.module if self.ema is not None else self.model
@@ -1448,7 +1448,12 @@ class _Run:
         # Distributed runs: each rank tests its shard; the counts are added up.
         test_loader = self._eval_loader(self.ds.test_images, self.ds.test_labels)
         dist_eval = self.procs.enabled
-        res = evaluate(final, test_loader, self.ds.num_classes, distributed=dist_eval)
+        test_logits = None  # kept for the one-run report, so it needs no second test pass
+        if dist_eval:
+            res = evaluate(final, test_loader, self.ds.num_classes, distributed=True)
+        else:
+            test_logits = predict_logits(final, test_loader)
+            res = metrics_from_logits(*test_logits, self.ds.num_classes)
         res_tta = (
             evaluate(final, test_loader, self.ds.num_classes, tta=True, distributed=dist_eval)
             if cfg.tta
@@ -1526,7 +1531,7 @@ class _Run:
         try:  # the one-run report.html; a convenience, never fatal
             from ..report.html import write_run_report
 
-            write_run_report(self.run_dir, model=final, dataset=self.ds)
+            write_run_report(self.run_dir, model=final, dataset=self.ds, test_logits=test_logits)
         except Exception as exc:  # noqa: BLE001
             self.progress.warn(f"report.html not written: {exc}")
         self._summary(result)
