@@ -112,12 +112,13 @@ def main() -> None:
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--keep", type=Path, help="keep the run directories under this folder")
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `convzoo train` flags")
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])
+    extra = argv[cut + 1 :]  # after --: more `convzoo train` flags
     models = args.models or (FAMILY_MODELS if args.all else [])
     if not models:
         p.error("name models or use --all")
-    extra = [a for a in args.extra if a != "--"]
     rows = []
     print(" | ".join(HEADER))
     for model in models:
