@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import positive_int
 
 CHECKPOINT_NAMES = ("best", "last")
+BACKENDS = ("fast", "onnxruntime", "eager")
 
 
 def add_model_arguments(p) -> None:
@@ -34,6 +35,13 @@ def add_model_arguments(p) -> None:
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="where to run the model (default: auto = cuda when available)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="fast",
+        help="inference backend: fast (batch norm folded, fused kernels; default), "
+        "onnxruntime, or eager (the model as trained); all give the same results to 1e-4",
     )
 
 
@@ -91,6 +99,14 @@ def load_trained(args):
     return path, ckpt, model, device
 
 
+def for_inference(model, example, backend: str):
+    """``model`` prepared by convzoo.infer for ``backend``, laid out for batches like
+    ``example``."""
+    from ..infer import optimize
+
+    return optimize(model, example, backend)
+
+
 def _pct(x: float) -> str:
     return "   n/a" if math.isnan(x) else f"{x * 100:6.2f}%"
 
@@ -129,6 +145,7 @@ def run(args) -> int:
         resize=data.get("resize"),
     )
     classes = [str(c) for c in data["classes"]]
+    model = for_inference(model, next(iter(loader))[0], args.backend)
     result = evaluate(model, loader, len(classes), tta=args.tta)
     if args.json:
         out = {
@@ -137,12 +154,16 @@ def run(args) -> int:
             "dataset": str(data["dataset"]),
             "epoch": ckpt.get("epoch"),
             "tta": bool(args.tta),
+            "backend": args.backend,
             "classes": classes,
             **result.to_dict(),
         }
         print(json.dumps(out))
         return 0
-    print(f"checkpoint  {path}  ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')})")
+    print(
+        f"checkpoint  {path}  ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}, "
+        f"{args.backend} backend)"
+    )
     print(
         f"test set    {data['dataset']}, {result.num_samples:,} images"
         + ("  (TTA: image + horizontal flip)" if args.tta else "")

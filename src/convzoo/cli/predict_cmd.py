@@ -47,7 +47,7 @@ def run(args) -> int:
 
     from ..data.loader import Loader
     from ..evaluate import predict_logits
-    from .eval_cmd import load_trained
+    from .eval_cmd import for_inference, load_trained
 
     path, ckpt, model, device = load_trained(args)
     data = ckpt["data"]
@@ -62,6 +62,7 @@ def run(args) -> int:
         device=device,
         resize=data.get("resize"),
     )
+    model = for_inference(model, next(iter(loader))[0], args.backend)
     logits, _ = predict_logits(model, loader, tta=args.tta)
     k = min(args.topk, len(classes))
     probs, indices = logits.softmax(dim=1).topk(k, dim=1)
@@ -81,6 +82,7 @@ def run(args) -> int:
                 {
                     "checkpoint": str(path),
                     "model": ckpt.get("model_name"),
+                    "backend": args.backend,
                     "predictions": predictions,
                 }
             )
