@@ -229,7 +229,10 @@ def register(sub) -> None:
     g = p.add_argument_group("machine")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
     g.add_argument(
-        "--threads", type=positive_int, default=S, help="CPU threads (default: all cores)"
+        "--threads",
+        type=positive_int,
+        default=S,
+        help="CPU threads (default: all cores, shared by the processes of a torchrun)",
     )
     g.add_argument(
         "--amp",

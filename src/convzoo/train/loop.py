@@ -549,7 +549,8 @@ class _Run:
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
         )
         self.forward_model = torch.compile(ddp) if cfg.compile else ddp
-        _seed_everything(rank_seed(cfg.seed, procs.rank))  # dropout differs between ranks
+        if procs.rank > 0:  # dropout differs between ranks; rank 0 goes on as one process
+            _seed_everything(rank_seed(cfg.seed, procs.rank))
         threads = "1 thread" if cfg.threads == 1 else f"{cfg.threads} threads"
         self._distributed_line = (
             f"distributed: {procs.world_size} processes ({procs.backend}), "
