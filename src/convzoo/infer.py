@@ -437,12 +437,12 @@ def _build_fast(model: nn.Module, example: Tensor, *, compile: bool | str) -> Fa
     ]
     try:
         with torch.inference_mode():
-            inference(x)
+            inference(x[:1])  # one image finds every convolution's input shape
     finally:
         for h in hooks:
             h.remove()
     for m, shape in shapes.items():
-        m.prepack(shape)
+        m.prepack((x.shape[0], *shape[1:]))
     return FastModel(inference)
 
 
