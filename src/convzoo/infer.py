@@ -561,6 +561,8 @@ def optimize(
         example = example.float()
     if backend == "eager":
         return model
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), example.device)
+    example = example.to(device)
     if backend == "onnxruntime":
         return _build_onnxruntime(model, example, threads or torch.get_num_threads())
     return _build_fast(model, example, compile=compile)
