@@ -352,6 +352,10 @@ def session() -> Iterator[Processes]:
     _ACTIVE.append(procs)
     try:
         yield procs
+        # Leave together: a rank that tears gloo down while rank 0 is still writing the
+        # run directory can abort at exit ("terminate called without an active exception").
+        with contextlib.suppress(Exception):
+            dist.barrier()
     finally:
         _ACTIVE.pop()
         with contextlib.suppress(Exception):
