@@ -208,13 +208,21 @@ def plot_tradeoff(
         for (label, x, y), color in zip(points, colors, strict=True)
         if x is not None and y is not None and math.isfinite(x) and x > 0 and math.isfinite(y)
     ]
+    span = max((p[2] for p in shown), default=0) - min((p[2] for p in shown), default=0)
+    placed: list[tuple[float, float]] = []
     for label, x, y, color in shown:
         ax.scatter([x], [y * 100], s=60, color=color, edgecolors="white", linewidths=1, zorder=3)
+        # A label that would sit on a neighbour's (close in log-x and in accuracy) goes below.
+        crowded = any(
+            abs(math.log(x / px)) < 0.3 and abs(y - py) < max(span, 1e-3) * 0.08
+            for px, py in placed
+        )
+        placed.append((x, y))
         ax.annotate(
             label,
             (x, y * 100),
             textcoords="offset points",
-            xytext=(7, 5),
+            xytext=(7, -13) if crowded else (7, 5),
             fontsize=9,
             color="#222222",
         )
