@@ -19,21 +19,23 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind: type, name: str, minimum: float, strict: bool):
+    """An argparse type: a ``kind`` number above (``strict``) or at least ``minimum``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > minimum if strict else value >= minimum):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        return value
+
+    parse.__name__ = name.replace(" ", "_")
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+positive_int = _number(int, "a positive integer", 0, strict=True)
+positive_float = _number(float, "a positive number", 0.0, strict=True)
+non_negative_int = _number(int, "a whole number >= 0", 0, strict=False)
+non_negative_float = _number(float, "a number >= 0", 0.0, strict=False)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import positive_float, positive_int
+from .common import non_negative_float, non_negative_int, positive_float, positive_int
 
 # Options whose values go straight into TrainConfig fields of the same name.
 FIELDS = (
@@ -34,35 +34,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
 def _fraction_below_one(text: str) -> float:
-    value = _non_negative_float(text)
+    value = non_negative_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 
 
 def _probability(text: str) -> float:
-    value = _non_negative_float(text)
+    value = non_negative_float(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
     return value
@@ -72,22 +52,22 @@ def _warmup(text: str) -> float:
     """'2' (epochs), '0.1' or '10%' (fraction of the run)."""
     t = text.strip()
     if t.endswith("%"):
-        value = _non_negative_float(t[:-1]) / 100
+        value = non_negative_float(t[:-1]) / 100
         if value >= 1:
             raise argparse.ArgumentTypeError(f"warm-up must be under 100%, got {text!r}")
         return value
-    return _non_negative_float(t)
+    return non_negative_float(t)
 
 
 def _val_size(text: str) -> float:
     """'5000' (images), '0.1' or '10%' (fraction of the training set)."""
     t = text.strip()
     if t.endswith("%"):
-        value = _non_negative_float(t[:-1]) / 100
+        value = non_negative_float(t[:-1]) / 100
         if value >= 1:
             raise argparse.ArgumentTypeError(f"validation size must be under 100%, got {text!r}")
         return value
-    value = _non_negative_float(t)
+    value = non_negative_float(t)
     if value >= 1:
         if value != int(value):
             raise argparse.ArgumentTypeError(
@@ -185,7 +165,7 @@ def register(sub) -> None:
     g.add_argument("--lr", type=positive_float, default=S, help="peak learning rate")
     g.add_argument("--momentum", type=_fraction_below_one, default=S, help="SGD momentum (0.9)")
     g.add_argument("--nesterov", action=bool_opt, default=S, help="Nesterov momentum (on)")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=S)
+    g.add_argument("--weight-decay", type=non_negative_float, default=S)
     g.add_argument(
         "--schedule",
         choices=("onecycle", "cosine", "step", "constant"),
@@ -211,15 +191,15 @@ def register(sub) -> None:
     g = p.add_argument_group("augmentation")
     g.add_argument(
         "--crop-padding",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=S,
         metavar="PX",
         help="random crop after zero padding",
     )
     g.add_argument("--flip", action=bool_opt, default=S, help="random horizontal flips")
     g.add_argument("--erasing", type=_probability, default=S, metavar="P", help="random erasing")
-    g.add_argument("--mixup", type=_non_negative_float, default=S, metavar="ALPHA")
-    g.add_argument("--cutmix", type=_non_negative_float, default=S, metavar="ALPHA")
+    g.add_argument("--mixup", type=non_negative_float, default=S, metavar="ALPHA")
+    g.add_argument("--cutmix", type=non_negative_float, default=S, metavar="ALPHA")
     g.add_argument(
         "--tta",
         action=bool_opt,
@@ -270,7 +250,7 @@ def register(sub) -> None:
     )
     g.add_argument(
         "--save-every-steps",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=S,
         metavar="N",
         help="also checkpoint every N steps (default: every epoch)",
