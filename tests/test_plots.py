@@ -5,20 +5,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from convzoo.data.datasets import FASHION_MNIST_CLASSES
 from convzoo.report.plots import plot_confusion, plot_curves
 
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASSES = FASHION_MNIST_CLASSES
 
 
 def metrics(n: int) -> list[dict]:

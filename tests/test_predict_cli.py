@@ -11,19 +11,9 @@ from conftest import write_idx_dataset
 from PIL import Image
 
 from convzoo.cli import main
+from convzoo.data.datasets import FASHION_MNIST_CLASSES
 
-FASHION = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+FASHION = FASHION_MNIST_CLASSES
 
 
 @pytest.fixture(scope="module")

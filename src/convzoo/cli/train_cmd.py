@@ -48,26 +48,25 @@ def _probability(text: str) -> float:
     return value
 
 
+def _share(text: str, what: str) -> float:
+    """'10%' -> 0.1; otherwise the number itself (>= 0)."""
+    t = text.strip()
+    if not t.endswith("%"):
+        return non_negative_float(t)
+    value = non_negative_float(t[:-1]) / 100
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{what} must be under 100%, got {text!r}")
+    return value
+
+
 def _warmup(text: str) -> float:
     """'2' (epochs), '0.1' or '10%' (fraction of the run)."""
-    t = text.strip()
-    if t.endswith("%"):
-        value = non_negative_float(t[:-1]) / 100
-        if value >= 1:
-            raise argparse.ArgumentTypeError(f"warm-up must be under 100%, got {text!r}")
-        return value
-    return non_negative_float(t)
+    return _share(text, "warm-up")
 
 
 def _val_size(text: str) -> float:
     """'5000' (images), '0.1' or '10%' (fraction of the training set)."""
-    t = text.strip()
-    if t.endswith("%"):
-        value = non_negative_float(t[:-1]) / 100
-        if value >= 1:
-            raise argparse.ArgumentTypeError(f"validation size must be under 100%, got {text!r}")
-        return value
-    value = non_negative_float(t)
+    value = _share(text, "validation size")
     if value >= 1:
         if value != int(value):
             raise argparse.ArgumentTypeError(
