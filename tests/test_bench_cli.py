@@ -7,6 +7,7 @@ import json
 import pytest
 
 from convzoo.cli import main
+from convzoo.train.config import build_config
 
 SMALL = ["--input", "1x28x28", "--small-input", "--width", "0.125"]
 
@@ -58,6 +59,12 @@ def test_train_step_throughput(capsys):
     res = json.loads(out)
     variants = [r["variant"] for r in res["rows"]]
     assert variants[0] == "eager NCHW fp32" and variants[1].startswith("convzoo default")
+    # the default row is what `convzoo train resnet18` does: its Fashion-MNIST recipe
+    assert "fashion-mnist/resnet recipe" in variants[1]
+    recipe = build_config("resnet18")
+    assert res["rows"][1]["settings"] == {
+        "channels_last": recipe.channels_last, "amp": recipe.amp, "compile": recipe.compile,
+    }  # fmt: skip
     assert variants[2:] == ["channels_last", "bf16 autocast", "channels_last + bf16 autocast"]
     assert res["rows"][0]["speedup"] == 1.0
     assert all(r["images_per_s"] > 0 and r["step_ms"] > 0 for r in res["rows"])

@@ -15,7 +15,8 @@ from safetensors import safe_open
 from convzoo.errors import CheckpointError, ConfigError
 from convzoo.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
-from convzoo.train.config import build_config
+from convzoo.registry import get_model
+from convzoo.train.config import build_config, recipes_dir
 from convzoo.train.ema import EMA
 from convzoo.train.loop import training_loss
 
@@ -347,3 +348,18 @@ def test_real_fashion_mnist(real_fashion_mnist, tmp_path):
     assert result["small_input"] is True and result["steps"] == 32
     assert result["test_accuracy"] > 0.2  # chance is 0.1
     assert (out / "model.safetensors").is_file() and (out / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((recipes_dir() / "fashion-mnist").glob("*.toml")), ids=lambda p: p.stem
+)
+def test_shipped_recipes_build(path):
+    """Every recipe in recipes/ is valid and builds its family's model for 28 px input."""
+    family = path.stem.split("-")[0]
+    name = {"vgg": "vgg11_bn", "densenet": "densenet121", "resnet": "resnet18"}.get(family, family)
+    cfg = build_config(name, {}, recipe=str(path))
+    model = get_model(
+        name, num_classes=10, in_channels=1, small_input=True, width=cfg.width,
+        **cfg.model_options,
+    )  # fmt: skip
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

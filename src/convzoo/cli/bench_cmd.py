@@ -165,23 +165,26 @@ def bench_throughput(
     }
 
 
-def _train_settings() -> dict[str, bool]:
-    """convzoo's default training settings that change the speed of a step."""
-    from ..train.config import TrainConfig
+def _train_settings(name: str) -> tuple[str, dict[str, bool]]:
+    """What ``convzoo train NAME`` does by default (on Fashion-MNIST, the default dataset,
+    with its family's recipe when there is one) in the settings that change the speed of
+    a step, and where that comes from."""
+    from ..train.config import build_config
 
-    cfg = TrainConfig(model="resnet18")
-    return {
+    cfg = build_config(name)
+    source = f"{cfg.recipe} recipe" if cfg.recipe else "no recipe"
+    return source, {
         "channels_last": bool(cfg.channels_last),
         "amp": bool(cfg.amp),
         "compile": bool(cfg.compile),
     }
 
 
-def _train_variants(which: str) -> list[tuple[str, dict[str, bool]]]:
+def _train_variants(name: str, which: str) -> list[tuple[str, dict[str, bool]]]:
     plain = {"channels_last": False, "amp": False, "compile": False}
-    default = _train_settings()
-    on = [k for k, v in default.items() if v]
-    label = "convzoo default (" + (", ".join(on) if on else "NCHW fp32") + ")"
+    source, default = _train_settings(name)
+    on = [("bf16 autocast" if k == "amp" else k) for k, v in default.items() if v]
+    label = f"convzoo default ({source}: " + (" + ".join(on) if on else "NCHW fp32") + ")"
     variants = [("eager NCHW fp32", plain), (label, default)]
     if which == "all":
         variants += [
@@ -247,7 +250,9 @@ def bench_train(
     (SGD, Nesterov momentum 0.9, weight decay 5e-4 on weights only) and loss; they
     differ only in memory layout (channels_last), precision (``amp``: bfloat16
     autocast on the CPU) and torch.compile. "eager NCHW fp32" is the reference;
-    "convzoo default" is what ``convzoo train`` does without options.
+    "convzoo default" is what ``convzoo train NAME`` does without options: on
+    Fashion-MNIST (its default dataset) the family's recipe, whose layout and precision
+    settings the row uses (the label names the recipe).
     ``variants="all"`` adds channels_last, bf16 and both.
     """
     import torch
@@ -262,7 +267,7 @@ def bench_train(
     y = torch.randint(0, num_classes, (batch,), generator=gen)
     rows: list[dict[str, Any]] = []
     with torch_threads(threads):
-        for label, settings in _train_variants(variants):
+        for label, settings in _train_variants(name, variants):
             seconds = _time_train_steps(base, x, y, settings, repeats=repeats, warmup=warmup)
             rows.append(
                 {
