@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -69,6 +70,22 @@ def test_compare_trains_each_model_like_convzoo_train(compared):
     assert sorted(row[1] for row in rows) == ["nin", "resnet18"]
     accs = [result(out / "runs" / row[1])["test_accuracy"] for row in rows]
     assert accs == sorted(accs, reverse=True)
+
+
+def test_compare_writes_its_charts_as_png_files(compared):
+    """The report's comparison charts also land next to leaderboard.md, the same images."""
+    from PIL import Image
+
+    from convzoo.report.html import CHART_FILES
+
+    out, _ = compared
+    html = (out / "report.html").read_text()
+    for name in CHART_FILES:
+        png = (out / name).read_bytes()
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 150
+        assert base64.b64encode(png).decode("ascii") in html  # the very image embedded
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_compare_again_reuses_finished_runs(compared, capsys):

@@ -76,7 +76,7 @@ def load_model(run):
 
 def test_eval_json_agrees_with_training(trained, capsys):
     run, _ = trained
-    rc, out, _ = run_cli(capsys, "eval", run, "--json")
+    rc, out, _ = run_cli(capsys, "eval", run, "--json", "--no-tta")
     assert rc == 0
     res = json.loads(out)
     result = json.loads((run / "result.json").read_text())
@@ -122,6 +122,19 @@ def test_eval_checkpoint_file_tta_data_dir_and_batch_size(trained, capsys):
     assert tta["tta"] is True and tta["num_samples"] == 40
 
 
+def test_eval_defaults_to_the_runs_tta_setting(trained, capsys):
+    """With neither --tta nor --no-tta, eval predicts as the run's recipe did."""
+    run, _ = trained
+    config = json.loads((run / "config.json").read_text())
+    result = json.loads((run / "result.json").read_text())
+    rc, out, _ = run_cli(capsys, "eval", run, "--json")
+    assert rc == 0
+    res = json.loads(out)
+    assert config["tta"] is True  # the resnet recipe's setting
+    assert res["tta"] is True
+    assert res["accuracy"] == pytest.approx(result["test_accuracy_tta"], abs=1e-9)
+
+
 def test_predict_matches_the_model_on_a_test_image(trained, capsys, tmp_path):
     from convzoo.data.datasets import load_dataset
 
@@ -139,11 +152,21 @@ def test_predict_matches_the_model_on_a_test_image(trained, capsys, tmp_path):
     mean, std = ckpt["data"]["mean"][0], ckpt["data"]["std"][0]
     x = (ds.test_images[:1].float() / 255 - mean) / std
     with torch.no_grad():
-        probs = model(x).softmax(1)[0]
-    top = probs.topk(3)
+        plain = model(x).softmax(1)[0]
+        mirrored = model(x.flip(3)).softmax(1)[0]
+    # the run's recipe turned flip TTA on, so predict averages the image and its mirror
+    assert json.loads((run / "config.json").read_text())["tta"] is True
+    top = ((plain + mirrored) / 2).topk(3)
     for entry, p, i in zip(preds[0]["top"], top.values, top.indices, strict=True):
         assert entry["index"] == int(i) and entry["class"] == FASHION[int(i)]
         assert entry["probability"] == pytest.approx(float(p), abs=1e-5)
+    rc, out, _ = run_cli(capsys, "predict", run, png, "--topk", "3", "--json", "--no-tta")
+    assert rc == 0
+    top = plain.topk(3)
+    for entry, p, i in zip(json.loads(out)["predictions"][0]["top"], *top, strict=True):
+        assert entry["index"] == int(i) and entry["probability"] == pytest.approx(
+            float(p), abs=1e-5
+        )
     second = [e["probability"] for e in preds[1]["top"]]
     assert len(second) == 3 and second == sorted(second, reverse=True)
     assert all(0 <= p <= 1 for p in second)

@@ -13,9 +13,9 @@ from conftest import write_idx_dataset
 from safetensors import safe_open
 
 from convzoo.errors import CheckpointError, ConfigError
+from convzoo.registry import get_model
 from convzoo.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
-from convzoo.registry import get_model
 from convzoo.train.config import build_config, recipes_dir
 from convzoo.train.ema import EMA
 from convzoo.train.loop import training_loss

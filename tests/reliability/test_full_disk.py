@@ -133,3 +133,44 @@ def test_convzoo_train_on_a_full_disk(tmp_path, tally):
 
     assert main(["train", "nin", "--resume", str(out), "--quiet"]) == 0
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_convzoo_train_cannot_write_its_config(tmp_path, tally):
+    """A disk too full for config.json: exit 2, one line naming the file, no litter."""
+    from conftest import write_idx_dataset
+
+    data = write_idx_dataset(tmp_path / "data" / "fashion-mnist", n_train=100, n_test=20).parent
+    out = tmp_path / "run"
+    argv = ["train", "nin", "--data-dir", str(data), "--width", "0.125", "--limit-train", "64",
+            "--val-size", "20", "--epochs", "1", "--threads", "1", "--recipe", "none",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    code = f"import sys; from convzoo.cli import main; sys.exit(main({argv!r}))"
+    proc = run_limited(code, fsize=256)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"cannot write {out / 'config.json'}" in err and "File too large" in err, err
+    assert not (out / "config.json").exists() and _leftovers(out) == []
+    tally.input("full disk")
+
+
+def test_any_command_on_a_full_disk_says_so_in_one_line(monkeypatch, capsys, tally):
+    """An OSError of a refusing file system (here ENOSPC from a report being written)
+    reaches the user as one line and exit status 2, not a traceback."""
+    from convzoo.cli import main, report_cmd
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/cmp/report.html")
+
+    monkeypatch.setattr(report_cmd, "run", full)
+    assert main(["report", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert err == "convzoo report: error: No space left on device: /runs/cmp/report.html\n"
+    tally.input("full disk")
+
+    def bug(args):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(report_cmd, "run", bug)
+    with pytest.raises(OSError):  # other OSErrors are internal failures, kept loud
+        main(["report", "somewhere"])

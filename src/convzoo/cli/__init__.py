@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import sys
 
-from ..errors import ConvzooError
+from ..errors import STORAGE_ERRNOS, ConvzooError
 
 # Command modules, in the order `convzoo --help` lists them.
 COMMANDS = [
@@ -71,3 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        # e.g. a full disk while writing a plot or a report: the user's to fix
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"convzoo {args.command}: error: {exc.strerror}{where}\n")
+        return 2

@@ -2,8 +2,9 @@
 
 Each model is trained as ``convzoo train`` would train it (its family's recipe for
 Fashion-MNIST, then the options given here) into ``OUT/runs/<model>``; or finished runs
-are taken as they are with ``--runs``. Then ``OUT/leaderboard.md`` and
-``OUT/report.html`` are written. Run again with the same options and ``--out``, a
+are taken as they are with ``--runs``. Then ``OUT/leaderboard.md``,
+``OUT/report.html`` and the report's comparison charts as PNG files
+(``accuracy-vs-macs.png``, ``accuracy-vs-time.png``, ``val-accuracy.png``) are written. Run again with the same options and ``--out``, a
 comparison skips the models already trained and resumes one that was interrupted.
 """
 
@@ -38,8 +39,8 @@ def register(sub) -> None:
         help="train several models (or take finished runs) and rank them",
         description=(
             "Train each MODEL with its recipe into OUT/runs/MODEL, as `convzoo train` "
-            "would, or take finished runs with --runs; then write OUT/leaderboard.md "
-            "and OUT/report.html."
+            "would, or take finished runs with --runs; then write OUT/leaderboard.md, "
+            "OUT/report.html and its charts as PNG files."
         ),
     )
     S = argparse.SUPPRESS
@@ -172,6 +173,7 @@ def run(args) -> int:
         speed=not args.no_speed,
         data_dir=getattr(args, "data_dir", None),
         log=log,
+        charts=out,
     )
     print(report.markdown().rstrip().split("\n\n")[-1])  # the table
     print(f"\nleaderboard: {out / 'leaderboard.md'}\nreport: {out / 'report.html'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -45,14 +46,28 @@ def add_model_arguments(p) -> None:
     )
 
 
+def add_tta_argument(p) -> None:
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time augmentation: average the image and its horizontal flip "
+        "(default: as the run was trained, i.e. its recipe's tta setting)",
+    )
+
+
+def resolve_tta(args, ckpt: dict) -> bool:
+    """--tta/--no-tta when given, else the ``tta`` setting the run was trained with."""
+    if args.tta is not None:
+        return bool(args.tta)
+    config = ckpt.get("config")
+    return bool(config.get("tta", False)) if isinstance(config, dict) else False
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model on its dataset's test set")
     add_model_arguments(p)
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: average the image and its horizontal flip",
-    )
+    add_tta_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--data-dir",
@@ -146,14 +161,15 @@ def run(args) -> int:
     )
     classes = [str(c) for c in data["classes"]]
     model = for_inference(model, next(iter(loader))[0], args.backend)
-    result = evaluate(model, loader, len(classes), tta=args.tta)
+    tta = resolve_tta(args, ckpt)
+    result = evaluate(model, loader, len(classes), tta=tta)
     if args.json:
         out = {
             "checkpoint": str(path),
             "model": ckpt.get("model_name"),
             "dataset": str(data["dataset"]),
             "epoch": ckpt.get("epoch"),
-            "tta": bool(args.tta),
+            "tta": tta,
             "backend": args.backend,
             "classes": classes,
             **result.to_dict(),
@@ -166,7 +182,7 @@ def run(args) -> int:
     )
     print(
         f"test set    {data['dataset']}, {result.num_samples:,} images"
-        + ("  (TTA: image + horizontal flip)" if args.tta else "")
+        + ("  (TTA: image + horizontal flip)" if tta else "")
     )
     print(f"accuracy    {result.accuracy * 100:.2f}%   loss {result.loss:.4f}")
     print()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .common import positive_int
-from .eval_cmd import add_model_arguments
+from .eval_cmd import add_model_arguments, add_tta_argument
 
 
 def register(sub) -> None:
@@ -20,7 +20,7 @@ def register(sub) -> None:
         metavar="K",
         help="how many classes to show per image (default: 3)",
     )
-    p.add_argument("--tta", action="store_true", help="average the image and its horizontal flip")
+    add_tta_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -47,7 +47,7 @@ def run(args) -> int:
 
     from ..data.loader import Loader
     from ..evaluate import predict_logits
-    from .eval_cmd import for_inference, load_trained
+    from .eval_cmd import for_inference, load_trained, resolve_tta
 
     path, ckpt, model, device = load_trained(args)
     data = ckpt["data"]
@@ -63,7 +63,7 @@ def run(args) -> int:
         resize=data.get("resize"),
     )
     model = for_inference(model, next(iter(loader))[0], args.backend)
-    logits, _ = predict_logits(model, loader, tta=args.tta)
+    logits, _ = predict_logits(model, loader, tta=resolve_tta(args, ckpt))
     k = min(args.topk, len(classes))
     probs, indices = logits.softmax(dim=1).topk(k, dim=1)
     predictions = [

@@ -41,7 +41,10 @@ from .leaderboard import (
 )
 from .runs import Run, load_runs
 
-__all__ = ["Report", "build_report", "collect", "render_html", "write_run_report"]
+__all__ = ["CHART_FILES", "Report", "build_report", "collect", "render_html", "write_run_report"]
+
+# The comparison charts, as build_report(charts=...) writes them.
+CHART_FILES = ("accuracy-vs-macs.png", "accuracy-vs-time.png", "val-accuracy.png")
 
 MISTAKES = 16
 
@@ -164,8 +167,10 @@ def build_report(
     data_dir: str | None = None,
     log: Callable[[str], None] | None = None,
     speed_seconds: float = 1.0,
+    charts: str | os.PathLike | None = None,
 ) -> Report:
-    """Write the HTML report of ``run_dirs`` to ``out`` (and the leaderboard to ``markdown``).
+    """Write the HTML report of ``run_dirs`` to ``out`` (and the leaderboard to ``markdown``,
+    and the comparison charts as PNG files into the folder ``charts``).
 
     Raises :class:`ConfigError` for a directory that is not a finished run.
     """
@@ -186,7 +191,7 @@ def build_report(
     )
     if markdown is not None:  # first: it needs no plots
         _write_atomic(Path(markdown), report.markdown())
-    _write_atomic(out, render_html(report))
+    _write_atomic(out, render_html(report, charts))
     report.path = out
     return report
 
@@ -245,17 +250,25 @@ def esc(value: Any) -> str:
 
 
 class _Images:
-    """Plots drawn into a temporary folder and read back as ``data:`` URIs."""
+    """Plots drawn into a temporary folder and read back as ``data:`` URIs; a plot
+    given a ``name`` is also copied into ``keep`` (when set) under that name."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, keep: Path | None = None) -> None:
         self.folder = folder
+        self.keep = keep
         self.count = 0
 
-    def draw(self, fn: Callable, *args, **kwargs) -> str:
+    def draw(self, fn: Callable, *args, name: str | None = None, **kwargs) -> str:
         self.count += 1
         path = self.folder / f"plot{self.count}.png"
         fn(*args, path=path, **kwargs)
-        return data_uri(path.read_bytes())
+        png = path.read_bytes()
+        if self.keep is not None and name is not None:
+            self.keep.mkdir(parents=True, exist_ok=True)
+            tmp = self.keep / f".{name}.tmp"
+            tmp.write_bytes(png)
+            os.replace(tmp, self.keep / name)
+        return data_uri(png)
 
 
 def data_uri(png: bytes) -> str:
@@ -284,14 +297,15 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.2f}%"
 
 
-def render_html(report: Report) -> str:
-    """The whole report as one HTML document."""
+def render_html(report: Report, charts: str | os.PathLike | None = None) -> str:
+    """The whole report as one HTML document. With ``charts`` (a folder), the
+    comparison charts are also written there as PNG files (CHART_FILES)."""
     from . import plots
 
     labels = [e.label for e in report.entries]
     colors = dict(zip(labels, plots.model_colors(len(labels)), strict=True))
     with tempfile.TemporaryDirectory(prefix="convzoo-report-") as tmp:
-        images = _Images(Path(tmp))
+        images = _Images(Path(tmp), Path(charts) if charts is not None else None)
         body = [
             _header(report),
             '<main class="wrap">',
@@ -439,6 +453,7 @@ def _tradeoff_section(report: Report, colors: dict[str, str], images: _Images) -
         colors=cols,
         xformat=compact,
         xticks=nice_counts,
+        name=CHART_FILES[0],
     )
     time_ = images.draw(
         plots.plot_tradeoff,
@@ -448,6 +463,7 @@ def _tradeoff_section(report: Report, colors: dict[str, str], images: _Images) -
         colors=cols,
         xformat=duration,
         xticks=nice_times,
+        name=CHART_FILES[1],
     )
     return (
         '<section id="tradeoffs"><h2>Accuracy and cost</h2><div class="grid2">'
@@ -484,7 +500,10 @@ def _curves_section(report: Report, colors: dict[str, str], images: _Images) -> 
             )
     series = [(e.label, report.run(e.label).metrics) for e in report.entries]
     uri = images.draw(
-        plots.plot_val_accuracy, series, colors=[colors[e.label] for e in report.entries]
+        plots.plot_val_accuracy,
+        series,
+        colors=[colors[e.label] for e in report.entries],
+        name=CHART_FILES[2],
     )
     return (
         '<section id="curves"><h2>Validation accuracy per epoch</h2>'

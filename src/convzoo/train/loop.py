@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, OutputError
 from .checkpoint import (
     FORMAT,
     UnsafeCheckpointError,
@@ -233,12 +233,23 @@ def training_loss(output, target: torch.Tensor, label_smoothing: float) -> torch
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: ``path`` is
+    either the old file or the new one, whole. When the file system refuses the write
+    the temporary file is removed and :class:`OutputError` says why."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        kept = "; the previous version is unchanged" if path.exists() else ""
+        error = OutputError(f"cannot write {path}: {reason}{kept}")
+        error.errno = exc.errno
+        raise error from None
     fsync_dir(path.parent)
 
 
