@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from .common import parse_input_size, positive_float, positive_int
+from .common import add_model_shape_arguments, model_shape, positive_int
 
 BACKEND_CHOICES = ("eager", "fast", "onnxruntime", "all")
 BACKEND_LABELS = {
@@ -342,21 +342,7 @@ def format_train(result: dict) -> str:
 
 def _common(p) -> None:
     p.add_argument("model", help="a model name from `convzoo list`")
-    p.add_argument(
-        "--input",
-        type=parse_input_size,
-        default=None,
-        metavar="CxHxW",
-        help="input size (default: 3x224x224, or 1x28x28 with --small-input)",
-    )
-    p.add_argument("--small-input", action="store_true", help="the 28-32 px form")
-    p.add_argument(
-        "--num-classes",
-        type=positive_int,
-        default=None,
-        help="default: 1000, or 10 with --small-input",
-    )
-    p.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier")
+    add_model_shape_arguments(p)
     p.add_argument(
         "--threads",
         type=positive_int,
@@ -430,49 +416,35 @@ def _usage(p) -> int:
     return 2
 
 
-def _sizes(args) -> tuple[tuple[int, int, int], int]:
+def _bench_options(args) -> dict:
+    """The options both benchmarks take, as keyword arguments."""
     from ..errors import ConfigError
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
-    size = args.input or ((1, 28, 28) if args.small_input else (3, 224, 224))
-    classes = args.num_classes or (10 if args.small_input else 1000)
-    return size, classes
+    size, classes = model_shape(args)
+    return {
+        "input_size": size,
+        "batch": args.batch,
+        "small_input": args.small_input,
+        "width": args.width,
+        "num_classes": classes,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+    }
 
 
 def run_throughput(args) -> int:
-    size, classes = _sizes(args)
     backends = ("eager", "fast", "onnxruntime") if args.backend == "all" else (args.backend,)
     result = bench_throughput(
-        args.model,
-        input_size=size,
-        batch=args.batch,
-        backends=backends,
-        small_input=args.small_input,
-        width=args.width,
-        num_classes=classes,
-        threads=args.threads,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        compile=args.compile,
+        args.model, backends=backends, compile=args.compile, **_bench_options(args)
     )
     print(json.dumps(result) if args.json else format_throughput(result))
     return 0
 
 
 def run_train(args) -> int:
-    size, classes = _sizes(args)
-    result = bench_train(
-        args.model,
-        input_size=size,
-        batch=args.batch,
-        small_input=args.small_input,
-        width=args.width,
-        num_classes=classes,
-        threads=args.threads,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        variants=args.variants,
-    )
+    result = bench_train(args.model, variants=args.variants, **_bench_options(args))
     print(json.dumps(result) if args.json else format_train(result))
     return 0

@@ -39,3 +39,30 @@ positive_int = _number(int, "a positive integer", 0, strict=True)
 positive_float = _number(float, "a positive number", 0.0, strict=True)
 non_negative_int = _number(int, "a whole number >= 0", 0, strict=False)
 non_negative_float = _number(float, "a number >= 0", 0.0, strict=False)
+
+
+def add_model_shape_arguments(p) -> None:
+    """--input, --small-input, --num-classes and --width: which form of MODEL to build
+    when no trained run says so (``convzoo summary``, ``convzoo bench``)."""
+    p.add_argument(
+        "--input",
+        type=parse_input_size,
+        default=None,
+        metavar="CxHxW",
+        help="input size (default: 3x224x224, or 1x28x28 with --small-input)",
+    )
+    p.add_argument("--small-input", action="store_true", help="the 28-32 px form")
+    p.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="default: 1000, or 10 with --small-input",
+    )
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier")
+
+
+def model_shape(args) -> tuple[tuple[int, int, int], int]:
+    """(input size, number of classes) from :func:`add_model_shape_arguments`' options."""
+    size = args.input or ((1, 28, 28) if args.small_input else (3, 224, 224))
+    classes = args.num_classes or (10 if args.small_input else 1000)
+    return size, classes
