@@ -157,7 +157,16 @@ def test_resume_after_a_crash_is_bitwise_equal(data_dir, reference, tmp_path):
     assert result["test_accuracy"] == reference[1]["test_accuracy"]
 
 
-def test_sigint_saves_and_resume_is_bitwise_equal(data_dir, reference, tmp_path):
+@pytest.fixture
+def python_sigint():
+    """SIGINT handled by Python's own handler, as in a terminal (a shell's background
+    job starts with SIGINT ignored); the previous handler is put back after."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_sigint_saves_and_resume_is_bitwise_equal(data_dir, reference, tmp_path, python_sigint):
     out = tmp_path / "run"
 
     def interrupt(step):
