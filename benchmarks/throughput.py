@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convzoo.cli.bench_cmd import (  # noqa: E402
     bench_throughput,
     bench_train,
-    default_threads,
     format_throughput,
     format_train,
 )
+from convzoo.cores import available_cores  # noqa: E402
 
 MODELS = ("alexnet", "vgg11_bn", "nin", "googlenet", "resnet18", "densenet121")
 QUICK_MODELS = ("resnet18", "densenet121", "googlenet")
@@ -73,7 +73,7 @@ def main() -> int:
     )
     repeats = args.repeats or (2 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    threads = args.threads or default_threads()
+    threads = args.threads or available_cores()
     settings = [s for s in SETTINGS if not (args.quick and s[4] == 1)]
 
     rows: list[list[str]] = []

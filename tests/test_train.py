@@ -372,3 +372,14 @@ def test_shipped_recipes_build(path):
         **cfg.model_options,
     )  # fmt: skip
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_busy_machine_is_reported_by_train(data_dir, tmp_path, monkeypatch, capsys):
+    from convzoo import cores
+
+    monkeypatch.setattr(cores, "busy_cores", lambda: 0.0)
+    train(config(data_dir, tmp_path / "quiet", epochs=1, threads=1))
+    assert "busy" not in capsys.readouterr().err
+    monkeypatch.setattr(cores, "busy_cores", lambda: 9.0)
+    train(config(data_dir, tmp_path / "busy", epochs=1, threads=1))
+    assert "warning: this machine is busy: other processes keep 9.0 of" in capsys.readouterr().err

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import time
 from typing import Any
 
+from ..cores import available_cores
 from .common import add_model_shape_arguments, model_shape, positive_int
 
 BACKEND_CHOICES = ("eager", "fast", "onnxruntime", "all")
@@ -29,14 +29,6 @@ BACKEND_LABELS = {
 }
 TRAIN_VARIANTS = ("default", "all")
 DEFAULT_BATCH = 64
-
-
-def default_threads() -> int:
-    """The CPUs this process may run on (all cores unless restricted, e.g. by taskset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -117,7 +109,7 @@ def bench_throughput(
 
     from .. import infer
 
-    threads = threads or default_threads()
+    threads = threads or available_cores()
     model = _build(
         name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
     ).eval()
@@ -257,7 +249,7 @@ def bench_train(
     """
     import torch
 
-    threads = threads or default_threads()
+    threads = threads or available_cores()
     base = _build(
         name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
     ).train()

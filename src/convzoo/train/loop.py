@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cores import available_cores, busy_machine_warning
 from ..errors import CheckpointError, ConfigError, DataError, OutputError
 from .budget import BudgetPlanning
 from .checkpoint import (
@@ -161,13 +162,6 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
             )
         return torch.device("cuda", local_rank)
     return torch.device(name)
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _nothing() -> None:
@@ -426,6 +420,11 @@ class _Run(BudgetPlanning):
         log(self._start_line)
         if self.procs.enabled:
             log(self._distributed_line)
+        if self.device.type == "cpu" and not self.procs.enabled:
+            # (other ranks of a distributed run start at the same moment and would count)
+            busy = busy_machine_warning(cfg.threads)
+            if busy:
+                self.progress.warn(busy)
         self.epoch, self.batch, self.step = 0, 0, 0
         self.metrics: list[dict] = []
         self.best_val: float | None = None
@@ -456,7 +455,7 @@ class _Run(BudgetPlanning):
         cfg.device = self.device.type
         if cfg.threads is None:
             # the cores of a machine are shared by the processes running on it
-            cores = max(1, default_threads() // procs.local_world_size)
+            cores = max(1, available_cores() // procs.local_world_size)
             cfg.threads = 1 if cfg.deterministic else cores
         torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
