@@ -6,6 +6,7 @@ saving). Prints one row per run and appends the rows to RESULTS.md.
 
     python benchmarks/time_to_accuracy.py resnet18 --budget 5m --seed 0 --seed 1
     python benchmarks/time_to_accuracy.py --all --budget 10m
+    python benchmarks/time_to_accuracy.py resnet18 --budget 20m --nproc 2   # via torchrun
 """
 
 from __future__ import annotations
@@ -48,16 +49,21 @@ def run_one(
     dataset: str,
     extra: list[str],
     keep: Path | None,
+    nproc: int = 1,
 ) -> list[str]:
     out = (
         Path(tempfile.mkdtemp(prefix=f"tta-{model}-"))
         if keep is None
         else keep / f"{model}-s{seed}"
     )
+    launcher = [sys.executable, "-m", "convzoo"]
+    shown_launcher = ["convzoo"]
+    if nproc > 1:  # data-parallel processes on this machine, as docs/distributed.md shows
+        torchrun = ["--standalone", "--nproc-per-node", str(nproc), "-m", "convzoo"]
+        launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun]
+        shown_launcher = ["torchrun", *torchrun]
     cmd = [
-        sys.executable,
-        "-m",
-        "convzoo",
+        *launcher,
         "train",
         model,
         "--dataset",
@@ -72,7 +78,7 @@ def run_one(
     if recipe:
         cmd += ["--recipe", recipe]
     cmd += extra
-    shown = " ".join(["convzoo", *cmd[3:]])
+    shown = " ".join([*shown_launcher, *cmd[len(launcher) :]])
     shown = shown.replace(f" --out {out}", "")
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -93,7 +99,7 @@ def run_one(
         f"{r['epochs']:.2f}".rstrip("0").rstrip("."),
         f"{r['test_accuracy']:.4f}",
         f"{tta:.4f}" if tta is not None else "-",
-        f"{r['best_val_accuracy']:.4f}",
+        f"{r['best_val_accuracy']:.4f}" if r.get("best_val_accuracy") is not None else "-",
         f"{r['params']:,}",
         f"{r['macs'] / 1e6:.1f}M",
         f"`{shown}`",
@@ -110,6 +116,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, action="append", help="seed (repeat for several); default 0")
     p.add_argument("--recipe", help="recipe name or path (default: the family's recipe)")
     p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel processes, started by torchrun"
+    )
     p.add_argument("--keep", type=Path, help="keep the run directories under this folder")
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     argv = sys.argv[1:]
@@ -123,7 +132,9 @@ def main() -> None:
     print(" | ".join(HEADER))
     for model in models:
         for seed in args.seed or [0]:
-            row = run_one(model, args.budget, seed, args.recipe, args.dataset, extra, args.keep)
+            row = run_one(
+                model, args.budget, seed, args.recipe, args.dataset, extra, args.keep, args.nproc
+            )
             print(" | ".join(row), flush=True)
             rows.append(row)
     if not args.no_record:
