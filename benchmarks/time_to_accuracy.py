@@ -6,7 +6,6 @@ saving). Prints one row per run and appends the rows to RESULTS.md.
 
     python benchmarks/time_to_accuracy.py resnet18 --budget 5m --seed 0 --seed 1
     python benchmarks/time_to_accuracy.py --all --budget 10m
-    python benchmarks/time_to_accuracy.py resnet18 --budget 20m --nproc 2   # via torchrun
 """
 
 from __future__ import annotations
@@ -49,21 +48,16 @@ def run_one(
     dataset: str,
     extra: list[str],
     keep: Path | None,
-    nproc: int = 1,
 ) -> list[str]:
     out = (
         Path(tempfile.mkdtemp(prefix=f"tta-{model}-"))
         if keep is None
         else keep / f"{model}-s{seed}"
     )
-    launcher = [sys.executable, "-m", "convzoo"]
-    shown_launcher = ["convzoo"]
-    if nproc > 1:  # data-parallel processes on this machine, as docs/distributed.md shows
-        torchrun = ["--standalone", "--nproc-per-node", str(nproc), "-m", "convzoo"]
-        launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun]
-        shown_launcher = ["torchrun", *torchrun]
     cmd = [
-        *launcher,
+        sys.executable,
+        "-m",
+        "convzoo",
         "train",
         model,
         "--dataset",
@@ -78,7 +72,7 @@ def run_one(
     if recipe:
         cmd += ["--recipe", recipe]
     cmd += extra
-    shown = " ".join([*shown_launcher, *cmd[len(launcher) :]])
+    shown = " ".join(["convzoo", *cmd[3:]])
     shown = shown.replace(f" --out {out}", "")
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -116,9 +110,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, action="append", help="seed (repeat for several); default 0")
     p.add_argument("--recipe", help="recipe name or path (default: the family's recipe)")
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument(
-        "--nproc", type=int, default=1, help="data-parallel processes, started by torchrun"
-    )
     p.add_argument("--keep", type=Path, help="keep the run directories under this folder")
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     argv = sys.argv[1:]
@@ -132,9 +123,7 @@ def main() -> None:
     print(" | ".join(HEADER))
     for model in models:
         for seed in args.seed or [0]:
-            row = run_one(
-                model, args.budget, seed, args.recipe, args.dataset, extra, args.keep, args.nproc
-            )
+            row = run_one(model, args.budget, seed, args.recipe, args.dataset, extra, args.keep)
             print(" | ".join(row), flush=True)
             rows.append(row)
     if not args.no_record:
