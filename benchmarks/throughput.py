@@ -38,7 +38,7 @@ from convzoo.cli.bench_cmd import (  # noqa: E402
     format_throughput,
     format_train,
 )
-from convzoo.cores import available_cores  # noqa: E402
+from convzoo.device import available_cores  # noqa: E402
 
 MODELS = ("alexnet", "vgg11_bn", "nin", "googlenet", "resnet18", "densenet121")
 QUICK_MODELS = ("resnet18", "densenet121", "googlenet")

@@ -375,7 +375,7 @@ def test_shipped_recipes_build(path):
 
 
 def test_busy_machine_is_reported_by_train(data_dir, tmp_path, monkeypatch, capsys):
-    from convzoo import cores
+    from convzoo import device as cores
 
     monkeypatch.setattr(cores, "busy_cores", lambda: 0.0)
     train(config(data_dir, tmp_path / "quiet", epochs=1, threads=1))

@@ -11,9 +11,11 @@ import fnmatch
 import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-from .errors import ModelError
+from .artifacts import read_safetensors_header, read_safetensors_tensors
+from .errors import CheckpointError, ConvzooError, ModelError
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
@@ -107,3 +109,111 @@ def get_model(
         if "unexpected keyword argument" in str(exc):
             raise ModelError(f"{name}: {exc}") from None
         raise
+
+
+# -- models with their weights ----------------------------------------------------------
+
+
+def check_state_dict(model: nn.Module, weights: dict, name: str) -> None:
+    """:class:`CheckpointError` when ``weights`` (tensors, or anything with a ``shape``)
+    do not fit ``model``: missing, unexpected and misshapen keys are named together."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [
+        k
+        for k in own
+        if k in weights and tuple(own[k].shape) != tuple(getattr(weights[k], "shape", ()))
+    ]
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(
+                f"missing {missing[0]}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            )
+        if unexpected:
+            detail.append(
+                f"unexpected {unexpected[0]}"
+                + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+            )
+        if wrong:
+            k = wrong[0]
+            detail.append(
+                f"{k} has shape {tuple(weights[k].shape)}, the model wants {tuple(own[k].shape)}"
+            )
+        raise CheckpointError(f"the weights do not fit {name}: {'; '.join(detail)}")
+
+
+class _Shape:
+    """Stands in for a tensor of a file's header: only its shape is known."""
+
+    def __init__(self, shape) -> None:
+        self.shape = tuple(shape)
+
+
+def _build(name: str, options: dict, device: torch.device | None) -> nn.Module:
+    if not isinstance(options, dict):
+        raise CheckpointError(f"the options stored with {name}'s weights are not a mapping")
+    try:
+        if device is None:
+            return get_model(name, **options)
+        with device:
+            return get_model(name, **options)
+    except ConvzooError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"cannot rebuild {name} from the options stored with its weights ({exc})"
+        ) from None
+
+
+def model_from_weights(name: str, options: dict, weights: dict) -> nn.Module:
+    """``get_model(name, **options)`` with ``weights`` loaded, in eval mode.
+
+    ``name`` and ``options`` come from a file, so the model is first built on the meta
+    device (shapes only) and checked against ``weights``: options that ask for more
+    than the file holds (say, a billion classes) are refused before any memory is
+    spent on them. :class:`CheckpointError` (or ModelError) when they do not fit.
+    """
+    if not isinstance(name, str) or not isinstance(weights, dict):
+        raise CheckpointError("the model name or weights are missing; not a convzoo checkpoint")
+    check_state_dict(_build(name, options, torch.device("meta")), weights, name)
+    model = _build(name, options, None)
+    model.load_state_dict(weights)
+    model.name = name
+    return model.eval()
+
+
+def model_from_checkpoint(ckpt: dict, *, use_ema: bool = True) -> nn.Module:
+    """The checkpoint's model with its weights (EMA ones when present), in eval mode."""
+    try:
+        name = ckpt["model_name"]
+        options = dict(ckpt["model_options"])
+        weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint lacks {exc}; it is not a convzoo checkpoint") from None
+    return model_from_weights(name, options, weights)
+
+
+def model_from_safetensors(path) -> tuple[nn.Module, dict]:
+    """(model in eval mode, its metadata) from a convzoo safetensors file.
+
+    The header's shapes are checked against the model built on the meta device before
+    a single tensor is read, so a small file that claims a huge model costs nothing.
+    """
+    meta, shapes = read_safetensors_header(path)
+    name = meta["model_name"]
+    try:
+        check_state_dict(
+            _build(name, meta["model_options"], torch.device("meta")),
+            {k: _Shape(s) for k, s in shapes.items()},
+            name,
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    weights = read_safetensors_tensors(path)
+    try:
+        return model_from_weights(name, meta["model_options"], weights), meta
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from ..cores import available_cores
+from ..device import available_cores
 from .common import add_model_shape_arguments, model_shape, positive_int
 
 BACKEND_CHOICES = ("eager", "fast", "onnxruntime", "all")

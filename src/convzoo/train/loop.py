@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cores import available_cores, busy_machine_warning
+from ..device import available_cores, busy_machine_warning
 from ..errors import CheckpointError, ConfigError, DataError, OutputError
 from .budget import BudgetPlanning
 from .checkpoint import (

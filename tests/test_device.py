@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from convzoo import cores
+from convzoo import device as cores
 
 
 @pytest.mark.parametrize(

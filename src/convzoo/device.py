@@ -1,4 +1,8 @@
-"""The CPU cores this process may use, and how busy other work keeps them.
+"""Devices: which one a run uses, waiting for it, and the CPU cores this process may use.
+
+``resolve_device`` turns ``--device auto|cpu|cuda`` into a :class:`torch.device`;
+``synchronize`` waits for queued GPU work (a no-op on the CPU), so that a clock read
+after it measures the work.
 
 OpenMP threads that share cores with other busy processes wait for each other at every
 parallel region: on a 2-core machine with one other busy process, 2-thread training
@@ -11,7 +15,38 @@ from __future__ import annotations
 import os
 import time
 
+import torch
+
+from .errors import ConfigError
+
 PROC_STAT = "/proc/stat"
+
+
+def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
+    """The device of ``--device name``; with ``local_rank``, CUDA means ``cuda:local_rank``."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for, but PyTorch sees no CUDA device")
+    if name == "cuda" and local_rank is not None:
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} has no GPU: this machine shows {count}; start at most "
+                f"{count} processes per machine (torchrun --nproc-per-node {count})"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (CUDA); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def available_cores() -> int:
