@@ -314,3 +314,44 @@ def parse_option(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         parsed = value
     return key, parsed
+
+
+def resume_overrides(given: TrainConfig) -> dict[str, Any]:
+    """The options of ``given`` that a resumed run takes: ``quiet`` always, and each other
+    :data:`RESUME_OPTIONS` field that differs from its default."""
+    defaults = TrainConfig(model=given.model)
+    out: dict[str, Any] = {"quiet": given.quiet}
+    for name in RESUME_OPTIONS:
+        value = getattr(given, name)
+        if name != "quiet" and value != getattr(defaults, name):
+            out[name] = value
+    return out
+
+
+def merge_resume(saved: dict[str, Any], overrides: dict[str, Any], *, where: str) -> TrainConfig:
+    """The configuration a resumed run continues with: the ``saved`` one (a run's
+    ``config.json`` or its checkpoint's), with the :data:`RESUME_OPTIONS` of
+    ``overrides`` applied. Any other option given with a value different from the
+    saved one is a :class:`ConfigError` naming its flag; ``out`` is the caller's to check.
+
+    The one place that decides what may change on resume (``convzoo train --resume``
+    and :func:`convzoo.train.train` both use it).
+    """
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise ConfigError(f"{where} holds no convzoo run configuration")
+    for key, value in overrides.items():
+        if key in RESUME_OPTIONS or key == "out":
+            continue
+        if key == "model_options":
+            value = {**(saved.get("model_options") or {}), **value}
+        if saved.get(key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} cannot change when resuming (the run has {saved.get(key)!r}); "
+                "leave it out, or start a new run with another --out"
+            )
+    cfg = TrainConfig.from_dict(dict(saved), where=where)
+    for key in RESUME_OPTIONS:
+        if key in overrides:
+            setattr(cfg, key, overrides[key])
+    return cfg
