@@ -18,7 +18,8 @@ from convzoo.train import TrainConfig, TrainingDiverged, TrainingInterrupted, tr
 from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from convzoo.train.config import build_config, recipes_dir
 from convzoo.train.ema import EMA
-from convzoo.train.loop import training_loss
+from convzoo.train.optim import training_loss
+from convzoo.training import train_run
 
 METRIC_KEYS = {
     "epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -70,7 +71,7 @@ def config(data_dir, out, **changes) -> TrainConfig:
 def reference(data_dir, tmp_path_factory):
     """An uninterrupted run."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    return out, train(config(data_dir, out))
+    return out, train_run(config(data_dir, out)).result
 
 
 def final_weights(run_dir):
@@ -151,7 +152,7 @@ def test_resume_after_a_crash_is_bitwise_equal(data_dir, reference, tmp_path):
         train(config(data_dir, out), on_step=crash)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["batch"], ck["step"]) == (1, 2, 8)  # saved every 4 steps
-    result = train(TrainConfig(model="nin", quiet=True), resume=out)
+    result = train(TrainConfig(model="nin", quiet=True), resume=out).result
     assert result["steps"] == STEPS and result["resumed"] is True
     assert_bitwise_equal(reference[0], out)
     assert result["test_accuracy"] == reference[1]["test_accuracy"]
@@ -262,7 +263,7 @@ def test_time_budget_plans_the_schedule(data_dir, tmp_path):
     out = tmp_path / "run"
     result = train(
         config(data_dir, out, epochs=None, time_budget=20.0, save_every_steps=0, ema=0.0)
-    )
+    ).result
     assert result["time_budget"] == 20.0 and result["planned_steps"] >= 1
     assert result["steps"] == result["final_planned_steps"]
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -337,7 +338,7 @@ def test_recipes(tmp_path, monkeypatch):
 @pytest.mark.realdata
 def test_real_fashion_mnist(real_fashion_mnist, tmp_path):
     out = tmp_path / "run"
-    result = train(
+    result = train_run(
         TrainConfig(
             model="alexnet",
             data_dir=str(real_fashion_mnist),
@@ -351,7 +352,7 @@ def test_real_fashion_mnist(real_fashion_mnist, tmp_path):
             quiet=True,
             out=str(out),
         )
-    )
+    ).result
     assert result["dataset"] == "fashion-mnist" and result["test_images"] == 10000
     assert result["train_images"] == 512 and result["val_images"] == 256
     assert result["small_input"] is True and result["steps"] == 32

@@ -241,7 +241,8 @@ def _train_all(models: list[str], args, out: Path, log):
     """
     from ..errors import ConfigError
     from ..train.config import TrainConfig, build_config
-    from ..train.loop import TrainingDiverged, TrainingInterrupted, train
+    from ..train.loop import TrainingDiverged, TrainingInterrupted
+    from ..training import train_run as train
 
     given = _given(args)
     plans = []

@@ -284,7 +284,8 @@ def run(args) -> int:
 
 def _run(args, procs, started: float) -> int:
     from ..train.config import build_config
-    from ..train.loop import TrainingDiverged, TrainingInterrupted, train
+    from ..train.loop import TrainingDiverged, TrainingInterrupted
+    from ..training import train_run as train
 
     overrides = overrides_from_args(args)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["plot_confusion", "plot_curves"]
+__all__ = ["plot_confusion", "plot_curves", "write_run_files"]
 
 
 def __getattr__(name: str):
@@ -10,4 +10,8 @@ def __getattr__(name: str):
         from . import plots
 
         return getattr(plots, name)
+    if name == "write_run_files":
+        from .run_files import write_run_files
+
+        return write_run_files
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,12 +15,13 @@ import types
 
 from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config
-from .loop import TrainingDiverged, TrainingInterrupted, train
+from .loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
 
 __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "TrainResult",
     "build_config",
     "find_checkpoint",
     "load_checkpoint",

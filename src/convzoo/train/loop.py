@@ -87,6 +87,21 @@ DEFAULT_FOLDER_VAL_FRACTION = 0.1
 AGREE_EVERY = {"cpu": 1, "cuda": 5}
 
 
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns: result.json's contents and what the caller may
+    still want from memory (the report and plots are written by the caller)."""
+
+    result: dict[str, Any]  # result.json (rank 0); other ranks: rank, steps, test_accuracy
+    run_dir: Path
+    model: nn.Module | None  # the final model (EMA weights when used), eval mode
+    metrics: list[dict]  # the metrics.jsonl rows
+    classes: list[str]
+    confusion: list[list[int]] | None  # test-set confusion matrix
+    test_logits: tuple[torch.Tensor, torch.Tensor] | None  # (logits, labels); None if distributed
+    dataset: Any  # the loaded dataset (the report shows its images)
+
+
 class TrainingInterrupted(Exception):
     """The run was stopped by SIGINT or SIGTERM after saving a checkpoint."""
 
@@ -112,8 +127,8 @@ def train(
     command: str | None = None,
     started: float | None = None,
     on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Train ``config.model`` as ``config`` says and return the contents of result.json.
+) -> TrainResult:
+    """Train ``config.model`` as ``config`` says; return a :class:`TrainResult`.
 
     Args:
         config: the run's options; ``None`` fields are chosen automatically and the
@@ -322,7 +337,7 @@ class _Run(BudgetPlanning):
 
     # ------------------------------------------------------------------ setup
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> TrainResult:
         from ..registry import check_model_name
 
         procs = self.procs
@@ -408,7 +423,7 @@ class _Run(BudgetPlanning):
         if self.procs.is_main:
             print(f"warning: {line}", file=sys.stderr, flush=True)
 
-    def _execute(self) -> dict[str, Any]:
+    def _execute(self) -> TrainResult:
         cfg = self.cfg
         log = self.progress.info
         self.procs.agree(self._setup)  # an error on any rank stops every rank
@@ -1172,7 +1187,7 @@ class _Run(BudgetPlanning):
 
     # ------------------------------------------------------------------ the end
 
-    def _finish(self) -> dict[str, Any]:
+    def _finish(self) -> TrainResult:
         from ..anatomy import summary
         from ..evaluate import evaluate, metrics_from_logits, predict_logits
 
@@ -1194,12 +1209,15 @@ class _Run(BudgetPlanning):
             else None
         )
         if not self.procs.is_main:  # rank 0 writes the files
-            return {
+            short = {
                 "rank": self.procs.rank,
                 "steps": self.step,
                 "test_accuracy": res.accuracy,
                 "run_dir": str(self.run_dir),
             }
+            return TrainResult(
+                short, self.run_dir, final, self.metrics, list(self.ds.classes), None, None, self.ds
+            )
         s = summary(final, self.input_size)
         self._save_safetensors(final)
         spe = self.steps_per_epoch
@@ -1252,7 +1270,6 @@ class _Run(BudgetPlanning):
             result["planned_seconds"] = round(plan["planned_seconds"], 3)
             result["final_planned_steps"] = self.total_steps
             result["replans"] = plan["replans"]
-        self._plots(res.confusion)
         result["wall_seconds"] = round(time.perf_counter() - self.started, 3)
         if self.budget_plan is not None:
             result["actual_seconds"] = result["wall_seconds"]
@@ -1262,14 +1279,17 @@ class _Run(BudgetPlanning):
         _atomic_write_text(
             self.run_dir / "result.json", json.dumps(_json_safe(result), indent=2) + "\n"
         )
-        try:  # the one-run report.html; a convenience, never fatal
-            from ..report.html import write_run_report
-
-            write_run_report(self.run_dir, model=final, dataset=self.ds, test_logits=test_logits)
-        except Exception as exc:  # noqa: BLE001
-            self.progress.warn(f"report.html not written: {exc}")
         self._summary(result)
-        return result
+        return TrainResult(
+            result=result,
+            run_dir=self.run_dir,
+            model=final,
+            metrics=list(self.metrics),
+            classes=list(self.ds.classes),
+            confusion=res.confusion,
+            test_logits=test_logits,
+            dataset=self.ds,
+        )
 
     def _save_safetensors(self, model: nn.Module) -> None:
         from safetensors.torch import save_file
@@ -1306,15 +1326,6 @@ class _Run(BudgetPlanning):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(self.run_dir)
-
-    def _plots(self, confusion) -> None:
-        try:
-            from ..report.plots import plot_confusion, plot_curves
-
-            plot_curves(self.metrics, self.run_dir / "curves.png")
-            plot_confusion(confusion, list(self.ds.classes), self.run_dir / "confusion.png")
-        except Exception as exc:  # noqa: BLE001 - plots are a convenience, never fatal
-            self.progress.warn(f"plots not written: {exc}")
 
     def _summary(self, r: dict) -> None:
         if self.cfg.quiet:
