@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import time
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -66,3 +69,26 @@ def model_shape(args) -> tuple[tuple[int, int, int], int]:
     size = args.input or ((1, 28, 28) if args.small_input else (3, 224, 224))
     classes = args.num_classes or (10 if args.small_input else 1000)
     return size, classes
+
+
+def process_start() -> float:
+    """The perf_counter() value at which this process started (Linux), else now.
+
+    A time budget counts from here, so that it covers start-up and imports too.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        if 0 <= age < 3600:
+            return time.perf_counter() - age
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.perf_counter()
+
+
+def command_line(argv: list[str]) -> str:
+    return shlex.join(["convzoo", *argv])

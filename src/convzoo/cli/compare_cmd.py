@@ -196,7 +196,7 @@ def _default_out() -> Path:
 
 def _command_line(args, models: list[str], out: Path) -> str:
     """The command line as typed, or rebuilt from the options when called as a function."""
-    from ..train.loop import command_line
+    from .common import command_line
 
     if sys.argv[1:2] == ["compare"]:
         return command_line(sys.argv[1:])
@@ -219,7 +219,7 @@ def _command_line(args, models: list[str], out: Path) -> str:
 
 def _train_command(model: str, overrides: dict, recipe: str | None) -> str:
     """The `convzoo train` line that trains ``model`` as this comparison does."""
-    from ..train.loop import command_line
+    from .common import command_line
 
     argv = ["train", model]
     for key, value in overrides.items():

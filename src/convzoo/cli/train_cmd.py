@@ -270,7 +270,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args) -> int:
     from ..train.distributed import SetupFailed, session
-    from ..train.loop import process_start
+    from .common import process_start
 
     started = process_start()
     try:
@@ -316,7 +316,7 @@ def _run(args, procs, started: float) -> int:
 
 def _command(args, overrides: dict) -> str:
     """The command line as typed, or rebuilt from the options when called as a function."""
-    from ..train.loop import command_line
+    from .common import command_line
 
     if sys.argv[1:2] == ["train"]:
         return command_line(sys.argv[1:])

@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -244,25 +243,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def process_start() -> float:
-    """The perf_counter() value at which this process started (Linux), else now.
-
-    A time budget counts from here, so that it covers start-up and imports too.
-    """
-    try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-        if 0 <= age < 3600:
-            return time.perf_counter() - age
-    except (OSError, ValueError, IndexError):
-        pass
-    return time.perf_counter()
 
 
 class _Signals:
@@ -1391,7 +1371,3 @@ def load_latest_checkpoint(
     if warn is not None:
         warn(f"{problems[0]}; falling back to {path} (epoch {ck.get('epoch')}, step {step})")
     return ck, path
-
-
-def command_line(argv: list[str]) -> str:
-    return shlex.join(["convzoo", *argv])
