@@ -7,7 +7,7 @@ MODEL  ?= resnet18
 BUDGET ?= 5m
 OUT    ?= runs/$(MODEL)
 
-.PHONY: setup run test bench lint data
+.PHONY: setup run test test-fast bench lint data
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ run: data
 test: setup
 	$(PY) -m pytest
 
+# the everyday lane: every test that trains is marked slow
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
 bench: data
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/time_to_accuracy.py --all
@@ -45,3 +49,4 @@ bench: data
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
