@@ -62,6 +62,22 @@ def test_curves_with_one_epoch_and_missing_validation(tmp_path):
     check_png(path)
 
 
+def test_plots_are_drawn_to_memory(tmp_path, monkeypatch):
+    """Without a path nothing is written; with one, the file is the returned bytes."""
+    monkeypatch.chdir(tmp_path)
+    png = plot_curves(metrics(3))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "curves.png"
+    assert plot_curves(metrics(3), path) == path.read_bytes()
+    confusion = [[5, 1], [2, 4]]
+    assert (
+        plot_confusion(confusion, ["a", "b"], tmp_path / "c.png")
+        == (tmp_path / "c.png").read_bytes()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "curves.png"]  # no temp files
+
+
 def test_curves_without_rows_still_draw_the_axes(tmp_path):
     path = tmp_path / "curves.png"
     plot_curves([], path)
@@ -95,6 +111,7 @@ def test_confusion_colour_is_row_normalised(tmp_path):
     assert count > (w * h) // 20  # all four cells are about that colour
 
 
+@pytest.mark.slow  # a 40x40 matrix of labelled cells
 def test_many_classes(tmp_path):
     k = 40
     confusion = [[(7 if i == j else 1) for j in range(k)] for i in range(k)]

@@ -1,7 +1,8 @@
 """The HTML report of real (tiny) training runs: sections, embedded images, figures.
 
 Two runs (resnet18 and NiN at width 1/8, one epoch on a small synthetic Fashion-MNIST)
-are trained once for the module; reports are built from them and parsed.
+are trained once for the module (as `convzoo train` does, plots and one-run report
+included); reports are built from them and parsed. Tests that use them are slow.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from convzoo.cli import main
 from convzoo.report import html as report_html
 from convzoo.report.leaderboard import format_cell, format_markdown, leaderboard
 from convzoo.report.runs import Run, load_runs
-from convzoo.train import TrainConfig, train
+from convzoo.train import TrainConfig
+from convzoo.training import train_run
 
 SECTIONS = ("leaderboard", "tradeoffs", "curves", "per-class", "models", "environment")
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker"]
@@ -55,7 +57,7 @@ def runs(tmp_path_factory):
     dirs = []
     for model in ("resnet18", "nin"):
         out = root / model
-        train(tiny_config(model, data, out))
+        train_run(tiny_config(model, data, out))
         dirs.append(out)
     return data, dirs
 
@@ -149,6 +151,7 @@ def result(run_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_section_and_model_part_is_there(report, runs):
     path, rep = report
     page = Page(path.read_text(encoding="utf-8"))
@@ -170,6 +173,7 @@ def test_every_section_and_model_part_is_there(report, runs):
     assert page.tags.get("h2", 0) >= len(SECTIONS)
 
 
+@pytest.mark.slow
 def test_every_image_is_embedded_and_decodes(report):
     path, _ = report
     page = Page(path.read_text(encoding="utf-8"))
@@ -182,6 +186,7 @@ def test_every_image_is_embedded_and_decodes(report):
         assert img.get("alt")
 
 
+@pytest.mark.slow
 def test_self_contained(report):
     path, _ = report
     text = path.read_text(encoding="utf-8")
@@ -194,6 +199,7 @@ def test_self_contained(report):
     assert "url(" not in style and "@import" not in style and "@font-face" not in style
 
 
+@pytest.mark.slow
 def test_leaderboard_numbers_are_the_runs_results(report, runs):
     path, rep = report
     page = Page(path.read_text(encoding="utf-8"))
@@ -221,6 +227,7 @@ def test_leaderboard_numbers_are_the_runs_results(report, runs):
         assert ips > 0 and math.isfinite(ips)
 
 
+@pytest.mark.slow
 def test_anatomy_tables_match_the_summary(report, runs):
     import convzoo
 
@@ -236,6 +243,7 @@ def test_anatomy_tables_match_the_summary(report, runs):
         assert [row.name for row in analysis.summary.rows] == [row.name for row in expected.rows]
 
 
+@pytest.mark.slow
 def test_confusion_and_mistakes_come_from_the_final_model(report, runs):
     _, rep = report
     for run_dir in runs[1]:
@@ -255,6 +263,7 @@ def test_confusion_and_mistakes_come_from_the_final_model(report, runs):
         assert a.weights.endswith("last.pt")
 
 
+@pytest.mark.slow
 def test_train_writes_a_one_run_report(runs):
     _, dirs = runs
     for run_dir in dirs:
@@ -277,6 +286,7 @@ def test_train_writes_a_one_run_report(runs):
             assert section in page.ids
 
 
+@pytest.mark.slow
 def test_a_failing_report_does_not_lose_the_run(runs, tmp_path, monkeypatch, capsys):
     data, _ = runs
 
@@ -285,13 +295,18 @@ def test_a_failing_report_does_not_lose_the_run(runs, tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(report_html, "write_run_report", broken)
     out = tmp_path / "run"
-    res = train(tiny_config("nin", data, out, limit_train=50))
-    assert (out / "result.json").is_file() and res["test_accuracy"] >= 0
+    res = train_run(tiny_config("nin", data, out, limit_train=50))
+    kept = result(out)  # the run's results are whole and agree with its confusion matrix
+    assert kept["test_accuracy"] == res.result["test_accuracy"]
+    diagonal = sum(res.confusion[i][i] for i in range(len(res.confusion)))
+    assert diagonal / sum(map(sum, res.confusion)) == pytest.approx(kept["test_accuracy"])
+    assert (out / "curves.png").is_file() and (out / "confusion.png").is_file()
     assert not (out / "report.html").exists()
     err = capsys.readouterr().err
-    assert "report.html not written: no room for the report" in err
+    assert "not written: no room for the report" in err
 
 
+@pytest.mark.slow
 def test_report_without_checkpoint_or_dataset(runs, tmp_path, capsys, data_env):
     """Weights from model.safetensors; with the data gone, a note and the run's confusion.png."""
     _, dirs = runs
@@ -314,6 +329,7 @@ def test_report_without_checkpoint_or_dataset(runs, tmp_path, capsys, data_env):
     assert page.details.count("anatomy") == 1
 
 
+@pytest.mark.slow
 def test_report_cli_default_out(runs, capsys):
     _, dirs = runs
     target = dirs[0] / "report.html"
@@ -331,6 +347,7 @@ def one_line_error(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_report_bad_inputs(runs, tmp_path, capsys):
     _, dirs = runs
     partial = tmp_path / "partial"
@@ -388,6 +405,7 @@ def test_leaderboard_order_and_markdown(tmp_path):
     assert "eager backend" in md
 
 
+@pytest.mark.slow
 def test_load_runs_labels_repeated_models(runs, tmp_path):
     _, dirs = runs
     copy = tmp_path / "again"
@@ -421,6 +439,7 @@ def test_new_plots(tmp_path):
         plot_mistakes(images[:0], [], tmp_path / "m.png")
 
 
+@pytest.mark.slow
 def test_one_broken_run_does_not_sink_the_report(runs, tmp_path, monkeypatch):
     _, dirs = runs
     real = report_html.analyse_run
@@ -444,12 +463,14 @@ def test_one_broken_run_does_not_sink_the_report(runs, tmp_path, monkeypatch):
     assert "| nin |" in md.read_text()
 
 
+@pytest.mark.slow
 def test_one_run_report_uses_given_logits(runs, tmp_path):
     """Logits handed in (as training has them) are used instead of running the model."""
     import torch
 
+    from convzoo.artifacts import load_checkpoint
     from convzoo.data.datasets import load_dataset
-    from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from convzoo.registry import model_from_checkpoint
 
     data, dirs = runs
     ds = load_dataset("fashion-mnist", data)
@@ -470,26 +491,3 @@ def test_one_run_report_uses_given_logits(runs, tmp_path):
     page = Page(out.read_text(encoding="utf-8"))
     assert "not measured" in page.text and "measured on this machine" not in page.text
     assert len(page.images) == 3
-
-
-def test_speed_uses_the_fast_backend_when_there_is_one(monkeypatch):
-    import convzoo
-    from convzoo.report import analysis
-
-    model = convzoo.get_model("nin", num_classes=10, in_channels=1, small_input=True, width=0.125)
-    model.eval()
-    speed = analysis.measure_speed(model, (1, 28, 28), min_seconds=0.01, warmup=1, repeats=2)
-    assert speed["images_per_second"] > 0 and speed["batch"] == 64
-    assert speed["backend"] == ("fast" if analysis.infer_available() else "eager")
-    eager = analysis.measure_speed(model, (1, 28, 28), backend="eager", min_seconds=0.01)
-    assert eager["backend"] == "eager" and eager["images_per_second"] > 0
-    assert model.training is False  # the model measured was a copy, left as it was
-    if analysis.infer_available():
-        import convzoo.infer
-
-        def broken(*args, **kwargs):
-            raise RuntimeError("cannot fuse")
-
-        monkeypatch.setattr(convzoo.infer, "optimize", broken)
-        speed = analysis.measure_speed(model, (1, 28, 28), min_seconds=0.01)
-        assert speed["backend"] == "eager" and "cannot fuse" in speed["fallback_reason"]

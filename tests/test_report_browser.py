@@ -33,6 +33,7 @@ CHROMIUM = next(
     (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
 )
 pytestmark = [
+    pytest.mark.slow,  # trains two models and drives a browser
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
     pytest.mark.skipif(sys.platform != "linux", reason="pass_fds pipes as set up here"),
 ]

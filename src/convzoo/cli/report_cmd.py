@@ -24,7 +24,7 @@ def register(sub) -> None:
         default=None,
         metavar="FILE",
         help="where to write the report (default: RUN_DIR/report.html for one run, "
-        "./report.html for several)",
+        "./report.html for several); never one of the runs' own files",
     )
     p.add_argument(
         "--device",
@@ -48,6 +48,7 @@ def default_out(runs: list[str]) -> Path:
 
 
 def run(args) -> int:
+    from ..infer import optimize
     from ..report.html import build_report
 
     out = Path(args.out) if args.out else default_out(args.runs)
@@ -63,6 +64,7 @@ def run(args) -> int:
         speed=not args.no_speed,
         data_dir=args.data_dir,
         log=log,
+        optimize=optimize,
     )
     for label, analysis in report.analyses.items():
         for note in analysis.notes:

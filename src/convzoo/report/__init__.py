@@ -1,4 +1,5 @@
-"""Reports of training runs: plots (matplotlib, imported only when a plot is drawn)."""
+"""Reports of training runs: plots (matplotlib, imported only when a plot is drawn), the
+leaderboard, and the HTML report (a view model rendered by a Jinja2 template)."""
 
 from __future__ import annotations
 

@@ -13,24 +13,30 @@ leaves a note saying why, and the report shows what it has.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConvzooError
+from ..artifacts import load_checkpoint, read_safetensors_header
+from ..device import resolve_device, synchronize
+from ..errors import CheckpointError, ConvzooError
+from ..registry import model_from_checkpoint, model_from_safetensors
 from .runs import Run
 
-__all__ = ["Mistake", "RunAnalysis", "analyse_run", "measure_speed"]
+__all__ = ["Mistake", "Optimizer", "RunAnalysis", "analyse_run", "measure_speed"]
 
 SPEED_BATCH = 64
 EVAL_BATCH = 256
+
+# Turns (model, example batch, backend=NAME) into a faster callable, such as
+# convzoo.infer.optimize; handed in by the caller, since report does not import infer.
+Optimizer = Callable[..., Any]
 
 
 @dataclass
@@ -60,72 +66,46 @@ class RunAnalysis:
     notes: list[str] = field(default_factory=list)
 
 
-def _resolve_device(name: str | torch.device) -> torch.device:
-    from ..train.loop import resolve_device
-
-    return name if isinstance(name, torch.device) else resolve_device(str(name))
-
-
-def _safetensors_meta(path: Path) -> dict | None:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return json.loads(meta["convzoo"])
-    except Exception:  # noqa: BLE001 - absent, damaged or foreign file: no metadata
-        return None
-
-
 def load_final_model(run: Run) -> tuple[nn.Module, dict, str]:
     """(model in eval mode on the CPU, its data description, where the weights came from).
 
     ``checkpoints/last.pt`` first (EMA weights when present), else ``model.safetensors``;
-    both hold the final weights of a finished run.
+    both hold the final weights of a finished run. Both are rebuilt through
+    :mod:`convzoo.registry`, which checks the stored shapes on the meta device first: a
+    small file that claims a huge model is refused before memory is spent on it.
     """
-    from ..errors import CheckpointError
-    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
-
-    last = run.path / "checkpoints" / "last.pt"
+    last = run.checkpoint("last")
     problems = []
     if last.is_file():
         try:
             ckpt = load_checkpoint(last)
             model = model_from_checkpoint(ckpt, use_ema=True)
             return model, dict(ckpt["data"]), str(last)
-        except (ConvzooError, KeyError, TypeError) as exc:
+        except (ConvzooError, KeyError, TypeError, ValueError) as exc:
             problems.append(str(exc))
     else:
         problems.append(f"no {last}")
-    st = run.path / "model.safetensors"
-    meta = _safetensors_meta(st) if st.is_file() else None
-    if meta is not None:
-        from safetensors.torch import load_file
-
-        from ..registry import get_model
-
+    st = run.model_file
+    if st.is_file():
         try:
-            model = get_model(meta["model_name"], **meta["model_options"])
-            model.load_state_dict(load_file(str(st)))
-            model.name = meta["model_name"]
-            return model.eval(), meta, str(st)
-        except Exception as exc:  # noqa: BLE001 - reported as a note
-            problems.append(f"{st}: {exc}")
+            model, meta = model_from_safetensors(st)
+            return model, meta, str(st)
+        except ConvzooError as exc:
+            problems.append(str(exc))
     else:
-        problems.append(f"no usable {st}")
+        problems.append(f"no {st}")
     raise CheckpointError("; ".join(problems))
 
 
 def data_description(run: Run) -> dict | None:
     """The run's data description (classes, mean, std, sizes) without loading weights."""
-    meta = _safetensors_meta(run.path / "model.safetensors")
-    if meta is not None:
-        return meta
     try:
-        from ..train.checkpoint import load_checkpoint
-
-        return dict(load_checkpoint(run.path / "checkpoints" / "last.pt")["data"])
-    except (ConvzooError, KeyError, TypeError):
+        return read_safetensors_header(run.model_file)[0]
+    except CheckpointError:
+        pass
+    try:
+        return dict(load_checkpoint(run.checkpoint("last"))["data"])
+    except (ConvzooError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -141,6 +121,7 @@ def analyse_run(
     data_cache: dict | None = None,
     speed_seconds: float = 1.0,
     test_logits: tuple[torch.Tensor, torch.Tensor] | None = None,
+    optimize: Optimizer | None = None,
 ) -> RunAnalysis:
     """Run ``run``'s final model on its test set, summarise it and time it.
 
@@ -149,13 +130,15 @@ def analyse_run(
     run found its data (``data_dir`` overrides that). ``data_cache`` (a dict) shares
     loaded datasets between runs. ``test_logits`` (logits, labels), when the caller has
     just computed them for ``dataset``'s whole test set, saves running the model again.
+    ``optimize`` (such as :func:`convzoo.infer.optimize`) is what the speed is measured
+    with; without it the eager model is timed.
     """
     from ..anatomy import summary
     from ..data.loader import Loader
     from ..evaluate import load_training_data, metrics_from_logits, predict_logits
 
     out = RunAnalysis()
-    device = _resolve_device(device)
+    device = resolve_device(device)
     data = None
     loaded = model is None
     if loaded:
@@ -237,7 +220,11 @@ def analyse_run(
     if speed and input_size:
         try:
             out.speed = measure_speed(
-                model, input_size, device=model_device, min_seconds=speed_seconds
+                model,
+                input_size,
+                device=model_device,
+                optimize=optimize,
+                min_seconds=speed_seconds,
             )
             if out.speed.get("fallback_reason"):
                 out.notes.append(f"timed with the eager model: the {out.speed['fallback_reason']}")
@@ -269,17 +256,13 @@ def _worst_mistakes(logits, labels, images, k: int) -> list[Mistake]:
     ]
 
 
-def infer_available() -> bool:
-    """Whether convzoo.infer (optimised inference backends) is part of this install."""
-    return importlib.util.find_spec("convzoo.infer") is not None
-
-
 def measure_speed(
     model: nn.Module,
     input_size,
     *,
     batch: int = SPEED_BATCH,
     device: str | torch.device = "cpu",
+    optimize: Optimizer | None = None,
     backend: str = "fast",
     min_seconds: float = 1.0,
     warmup: int = 3,
@@ -287,52 +270,42 @@ def measure_speed(
 ) -> dict[str, Any]:
     """Inference images per second of ``model`` on batches of ``batch`` images.
 
-    With :mod:`convzoo.infer` installed, the model is optimised for ``backend`` and
-    timed with its ``measure_throughput``; otherwise (or when optimising fails) the
-    eager model is timed here: ``warmup`` batches, then the median of at least
-    ``repeats`` batches and ``min_seconds`` of timing. The model is copied first: it is
-    left as it was.
+    With ``optimize`` (such as :func:`convzoo.infer.optimize`), the model is first
+    optimised for ``backend``; otherwise (or when optimising fails, which the result's
+    ``fallback_reason`` says) the eager model is timed. Either way: ``warmup`` batches,
+    then the median of at least ``repeats`` batches and ``min_seconds`` of timing. The
+    model is copied first: it is left as it was.
     """
-    device = _resolve_device(device)
+    device = resolve_device(device)
     c, h, w = (int(s) for s in input_size)
     example = torch.randn(batch, c, h, w, device=device)
     model = copy.deepcopy(model).to(device).eval()
     result: dict[str, Any] = {"batch": batch, "input_size": [c, h, w], "device": str(device)}
-    if backend != "eager" and infer_available():
-        from .. import infer  # type: ignore[attr-defined]
-
+    run: Callable[[torch.Tensor], Any] = model
+    used = "eager"
+    if backend != "eager" and optimize is not None:
         try:
-            fast = infer.optimize(model, example, backend=backend)
-            measured = infer.measure_throughput(
-                fast, example, repeats=max(repeats, 10), warmup=warmup
-            )
-            ips = measured.get("images_per_second", measured.get("images_per_s"))
-            result.update(images_per_second=float(ips), backend=backend, timer="convzoo.infer")
-            return result
+            run = optimize(model, example, backend=backend)
+            used = backend
         except Exception as exc:  # noqa: BLE001 - fall back to eager timing, noted
             result["fallback_reason"] = f"{backend} backend failed: {exc}"
     times = []
     with torch.inference_mode():
         for _ in range(warmup):
-            model(example)
-        _sync(device)
+            run(example)
+        synchronize(device)
         started = time.perf_counter()
         while len(times) < repeats or time.perf_counter() - started < min_seconds:
             t0 = time.perf_counter()
-            model(example)
-            _sync(device)
+            run(example)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
             if len(times) >= 1000:
                 break
     result.update(
         images_per_second=batch / max(statistics.median(times), 1e-9),
-        backend="eager",
+        backend=used,
         timer="convzoo.report (median of timed batches)",
         batches_timed=len(times),
     )
     return result
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

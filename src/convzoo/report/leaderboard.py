@@ -9,18 +9,20 @@ batches of 64 at the run's input size) is measured on the machine making the rep
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..anatomy import human
+from ..device import available_cores
 from .runs import Run
 
 __all__ = [
     "COLUMNS",
     "Entry",
+    "format_duration",
     "format_markdown",
     "leaderboard",
     "machine_description",
@@ -113,10 +115,16 @@ def leaderboard(runs: list[Run], speeds: dict[str, dict | None] | None = None) -
 # Formatting (shared with the HTML report)
 
 
-def human(n: float) -> str:
-    from ..anatomy import human as _human
-
-    return _human(n)
+def format_duration(seconds: float) -> str:
+    """61.5 -> '1m01s'; 3725 -> '1h02m05s' (as the training progress lines write it)."""
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
 
 
 def format_cell(attr: str, value: Any) -> str:
@@ -128,8 +136,6 @@ def format_cell(attr: str, value: Any) -> str:
     if attr in ("params", "macs"):
         return human(value)
     if attr in ("wall_seconds", "train_seconds"):
-        from ..train.schedule import format_duration
-
         return format_duration(value)
     if attr == "epochs":
         return f"{value:g}" if value == int(value) else f"{value:.2f}"
@@ -154,18 +160,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def machine_description(device: str = "cpu") -> str:
     """'Intel(R) Xeon(R) ..., 16 cores, Linux 6.1 (x86_64)', plus the GPU when it is used."""
     import torch
 
-    n = _cores()
+    n = available_cores()
     text = (
         f"{_cpu_name()}, {n} core{'s' if n != 1 else ''} usable, "
         f"{platform.system()} {platform.release()} ({platform.machine()})"

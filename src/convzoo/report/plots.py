@@ -1,15 +1,19 @@
-"""Training curves and confusion matrices as PNG files.
+"""Training curves, confusion matrices and the report's charts as PNG images.
 
 Figures are drawn with matplotlib's object-oriented interface on the Agg canvas, so no
 display is needed and pyplot's global state (and whatever backend it picked) is left
-alone.
+alone. Every plot function draws into memory and returns the PNG bytes; given a
+``path`` it also writes them there, atomically
+(:func:`convzoo.artifacts.atomic_write_bytes`).
 """
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
+import os
 
+from ..artifacts import atomic_write_bytes
 from ..errors import ConvzooError
 
 __all__ = [
@@ -36,10 +40,14 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", facecolor="white")
+def _finish(fig, path: str | os.PathLike | None) -> bytes:
+    """The figure as PNG bytes, also written to ``path`` (atomically) when one is given."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    png = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, png)
+    return png
 
 
 def _series(metrics: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -53,8 +61,9 @@ def _series(metrics: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def plot_curves(metrics: list[dict], path) -> None:
-    """Loss (left) and accuracy (right) per epoch, training and validation, into ``path``.
+def plot_curves(metrics: list[dict], path: str | os.PathLike | None = None) -> bytes:
+    """Loss (left) and accuracy (right) per epoch, training and validation, as PNG bytes
+    (also written to ``path`` when given).
 
     ``metrics`` are the rows of ``metrics.jsonl``: ``epoch``, ``train_loss``,
     ``train_accuracy``, ``val_loss``, ``val_accuracy`` (accuracies as fractions), ``lr``,
@@ -110,11 +119,14 @@ def plot_curves(metrics: list[dict], path) -> None:
     if epochs and all(e == int(e) for e in epochs) and len(epochs) <= 20:
         for ax in (ax_loss, ax_acc):
             ax.set_xticks(sorted(set(epochs)))
-    _save(fig, path)
+    return _finish(fig, path)
 
 
-def plot_confusion(confusion: list[list[int]], classes: list[str], path) -> None:
-    """The confusion matrix ``confusion[true][predicted]`` as a heat map, into ``path``.
+def plot_confusion(
+    confusion: list[list[int]], classes: list[str], path: str | os.PathLike | None = None
+) -> bytes:
+    """The confusion matrix ``confusion[true][predicted]`` as a heat map, as PNG bytes
+    (also written to ``path`` when given).
 
     Cells show the counts; their colour is the count divided by the row total (the
     fraction of that true class), so classes of different sizes read alike.
@@ -161,7 +173,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path) -> None
     ax.set_yticks([y - 0.5 for y in range(1, k)], minor=True)
     ax.grid(which="minor", color="white", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
-    _save(fig, path)
+    return _finish(fig, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,14 +195,14 @@ def _hex(rgba) -> str:
 
 def plot_tradeoff(
     points: list[tuple[str, float, float]],
-    path,
+    path: str | os.PathLike | None = None,
     *,
     xlabel: str,
     title: str,
     colors: list[str] | None = None,
     xformat=None,
     xticks=None,
-) -> None:
+) -> bytes:
     """Accuracy (y, a fraction, drawn in %) against a cost (x, log scale), one labelled point each.
 
     ``points`` are ``(label, x, accuracy)``; points with a cost that is not positive
@@ -249,12 +261,15 @@ def plot_tradeoff(
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
-    _save(fig, path)
+    return _finish(fig, path)
 
 
 def plot_val_accuracy(
-    series: list[tuple[str, list[dict]]], path, *, colors: list[str] | None = None
-) -> None:
+    series: list[tuple[str, list[dict]]],
+    path: str | os.PathLike | None = None,
+    *,
+    colors: list[str] | None = None,
+) -> bytes:
     """Validation accuracy per epoch of several runs on one chart.
 
     ``series`` are ``(label, metrics rows)`` with rows as in ``metrics.jsonl``.
@@ -290,10 +305,12 @@ def plot_val_accuracy(
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
-    _save(fig, path)
+    return _finish(fig, path)
 
 
-def plot_mistakes(images, titles: list[str], path, *, cols: int = 8) -> None:
+def plot_mistakes(
+    images, titles: list[str], path: str | os.PathLike | None = None, *, cols: int = 8
+) -> bytes:
     """A grid of images (uint8 ``(N, C, H, W)``, C = 1 or 3), each with a short title.
 
     Used for the most confidently misclassified test images: the titles say the true
@@ -346,4 +363,4 @@ def plot_mistakes(images, titles: list[str], path, *, cols: int = 8) -> None:
             fontsize=7,
             linespacing=1.25,
         )
-    _save(fig, path)
+    return _finish(fig, path)

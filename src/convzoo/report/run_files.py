@@ -16,7 +16,9 @@ def write_run_files(
     dataset=None,
     test_logits=None,
 ) -> None:
-    """Write ``curves.png``, ``confusion.png`` and the one-run ``report.html``."""
+    """Write ``curves.png``, ``confusion.png`` and the one-run ``report.html``, each
+    atomically. ``model``, ``dataset`` and ``test_logits`` are what training still has
+    in memory (see :func:`convzoo.report.html.write_run_report`)."""
     from .html import write_run_report
     from .plots import plot_confusion, plot_curves
 
