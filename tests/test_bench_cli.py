@@ -46,8 +46,8 @@ def test_throughput_json_and_one_backend(capsys):
     eager, fast = res["rows"]
     assert eager["speedup"] == 1.0 and eager["max_rel_error"] == 0.0
     assert fast["max_rel_error"] <= 1e-4
-    assert fast["speedup"] == pytest.approx(fast["images_per_s"] / eager["images_per_s"])
-    assert fast["latency_ms"] == pytest.approx(4 / fast["images_per_s"] * 1e3)
+    assert fast["speedup"] == pytest.approx(fast["images_per_second"] / eager["images_per_second"])
+    assert fast["latency_ms"] == pytest.approx(4 / fast["images_per_second"] * 1e3)
 
 
 def test_train_step_throughput(capsys):
@@ -67,7 +67,7 @@ def test_train_step_throughput(capsys):
     }  # fmt: skip
     assert variants[2:] == ["channels_last", "bf16 autocast", "channels_last + bf16 autocast"]
     assert res["rows"][0]["speedup"] == 1.0
-    assert all(r["images_per_s"] > 0 and r["step_ms"] > 0 for r in res["rows"])
+    assert all(r["images_per_second"] > 0 and r["step_ms"] > 0 for r in res["rows"])
     assert res["rows"][3]["settings"] == {"channels_last": False, "amp": True, "compile": False}
     rc, out, _ = run_cli(
         capsys, "bench", "train", "nin", *SMALL, "--batch", "4", "--repeats", "1", "--warmup", "0"

@@ -217,7 +217,7 @@ def test_measure_throughput_counts_and_restores_modes():
     assert result["batch_size"] == 4 and result["repeats"] == 3 and result["warmup"] == 2
     assert len(result["times_s"]) == 3
     assert result["latency_min_ms"] <= result["latency_ms"] <= result["latency_max_ms"]
-    assert result["images_per_s"] == pytest.approx(4 / (result["latency_ms"] / 1e3))
+    assert result["images_per_second"] == pytest.approx(4 / (result["latency_ms"] / 1e3))
     model = tiny("nin").train()
     measure_throughput(model, images(2), repeats=1, warmup=0)
     assert model.training  # eval mode only for the measurement

@@ -120,6 +120,7 @@ def test_bad_recipe(no_recipes, capsys):
     assert_usage_error(cli(["nin", "--recipe", "missing"], capsys), "no recipe 'missing'")
 
 
+@pytest.mark.slow
 def test_a_whole_run(data_dir, no_recipes, tmp_path, capsys):
     (no_recipes / "fashion-mnist" / "nin.toml").write_text("epochs = 1\nflip = true\n")
     out = tmp_path / "run"
@@ -149,6 +150,7 @@ def test_a_whole_run(data_dir, no_recipes, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_1(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = cli(
@@ -162,6 +164,7 @@ def test_nan_loss_exits_1(data_dir, tmp_path, capsys):
     load_checkpoint(out / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow
 def test_sigint_to_a_real_process_then_resume(data_dir, no_recipes, tmp_path):
     """SIGINT stops a running `convzoo train` cleanly; --resume ends bitwise where an
     uninterrupted run ends."""

@@ -19,8 +19,8 @@ channels-last memory, and an onnxruntime backend.
   ``conv_block``) cannot be folded and is kept. ``compile=True`` adds ``torch.compile``
   (inductor, with weight freezing) on top; it is off by default because compiling
   takes tens of seconds on a small CPU and recompiles for every new batch size.
-* ``"onnxruntime"``: the model exported with :mod:`convzoo.export`'s ONNX exporter
-  and run by an onnxruntime CPU session with ``threads`` intra-op threads; called
+* ``"onnxruntime"``: the model exported with :mod:`convzoo.onnx_io` (the exporter
+  ``convzoo export`` uses) and run by an onnxruntime CPU session with ``threads`` intra-op threads; called
   with a torch tensor, it returns a torch tensor.
 
 All three compute the same function: outputs agree with the eager model to 1e-4
@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import synchronize
 from .errors import ConfigError, ConvzooError, ModelError
 
 __all__ = [
@@ -495,12 +496,12 @@ def _build_onnxruntime(model: nn.Module, example: Tensor, threads: int) -> OnnxR
         raise ConvzooError(
             "the onnxruntime backend needs onnx and onnxruntime: pip install 'convzoo[onnx]'"
         ) from None
-    from .export import _exportable, _onnx_export
+    from .onnx_io import exportable, onnx_export
 
     with tempfile.TemporaryDirectory(prefix="convzoo-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
-        with _exportable(model) as m:
-            _onnx_export(m, example[:2].detach().float().cpu().contiguous(), path)
+        with exportable(model) as m:
+            onnx_export(m, example[:2].detach().float().cpu().contiguous(), path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -592,11 +593,6 @@ def outputs_match(got: Tensor, ref: Tensor) -> bool:
     return max_relative_error(got, ref) <= RTOL
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_throughput(
     model_or_callable: nn.Module | Callable[[Tensor], Any],
     example_input: Tensor,
@@ -608,7 +604,7 @@ def measure_throughput(
     ``repeats`` timed ones (in ``torch.inference_mode``; a module is put in eval mode
     for the measurement and given its modes back afterwards).
 
-    Returns a dict: ``images_per_s`` (batch size / median latency), ``latency_ms``
+    Returns a dict: ``images_per_second`` (batch size / median latency), ``latency_ms``
     (median seconds per batch, in ms), ``latency_min_ms``, ``latency_max_ms``,
     ``batch_size``, ``repeats``, ``warmup``, ``times_s`` (every timed call).
     """
@@ -627,16 +623,16 @@ def measure_throughput(
     with ctx, torch.inference_mode():
         for _ in range(warmup):
             fn(example_input)
-            _sync(device)
+            synchronize(device)
         for _ in range(repeats):
             start = time.perf_counter()
             fn(example_input)
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     batch = int(example_input.shape[0])
     return {
-        "images_per_s": batch / median if median > 0 else math.inf,
+        "images_per_second": batch / median if median > 0 else math.inf,
         "latency_ms": median * 1e3,
         "latency_min_ms": min(times) * 1e3,
         "latency_max_ms": max(times) * 1e3,

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from convzoo import get_model
+from convzoo.artifacts import model_meta
 from convzoo.cli import main
 from convzoo.data.datasets import CIFAR10_CLASSES, load_dataset, read_cifar_tarball
 from convzoo.errors import CheckpointError, DataError, ModelError
@@ -200,6 +201,7 @@ def test_commands_refuse_a_checkpoint_that_runs_code(tmp_path, capsys, tally, co
     assert "arbitrary code" in err, err
     assert not marker.exists()
     assert not (run / "model.safetensors").exists()
+    assert not (run / "model-best.safetensors").exists()
     tally.input("checkpoint that runs code (CLI)")
 
 
@@ -247,7 +249,8 @@ def test_safetensors_round_trip(tmp_path):
     meta = {"model_name": "resnet18", "model_options": {"num_classes": 7, "in_channels": 3,
             "small_input": True, "width": 0.125}, "classes": list("abcdefg")}  # fmt: skip
     path = export_safetensors(model, tmp_path / "m.safetensors", metadata=meta)
-    assert read_safetensors_metadata(path) == meta
+    # the one schema: every MODEL_META_KEYS key, those not given are null
+    assert read_safetensors_metadata(path) == model_meta(**meta)
     back = load_safetensors(path)
     assert back.training is False
     want, got = model.state_dict(), back.state_dict()
@@ -264,7 +267,7 @@ def test_safetensors_export_of_a_checkpoint(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     save_checkpoint(good_state(), ckpt)
     out = export_checkpoint(tmp_path / "run", "safetensors")
-    assert out == tmp_path / "run" / "model.safetensors"
+    assert out == tmp_path / "run" / "model-best.safetensors"  # not training's model.safetensors
     model = load_safetensors(out)
     want = model_from_checkpoint(load_checkpoint(ckpt))
     for k, v in want.state_dict().items():

@@ -43,7 +43,8 @@ def register(sub) -> None:
         nargs="+",
         default=None,
         metavar="RUN_DIR",
-        help="compare these finished runs instead of training (no MODEL arguments then)",
+        help="compare these finished runs instead of training (no MODEL arguments then; "
+        "default: train the MODELs)",
     )
     p.add_argument(
         "--out",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -29,7 +28,8 @@ def add_model_arguments(p) -> None:
     p.add_argument(
         "--no-ema",
         action="store_true",
-        help="use the raw weights even when the checkpoint has EMA weights",
+        help="use the raw weights even when the checkpoint has EMA weights (default: EMA "
+        "weights when present)",
     )
     p.add_argument(
         "--device",
@@ -68,7 +68,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model on its dataset's test set")
     add_model_arguments(p)
     add_tta_argument(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     p.add_argument(
         "--data-dir",
         default=None,
@@ -85,23 +85,12 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_device(name: str):
-    """'auto' -> cuda when available, else cpu; cuda without a CUDA device is a ConfigError."""
-    import torch
-
-    from ..errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return torch.device(name)
-
-
 def load_trained(args):
     """(checkpoint path, checkpoint dict, model in eval mode on the device, device)."""
+    from ..artifacts import find_checkpoint, load_checkpoint
+    from ..device import resolve_device
     from ..errors import CheckpointError
-    from ..train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+    from ..registry import model_from_checkpoint
 
     device = resolve_device(args.device)
     path = Path(find_checkpoint(args.target, args.which))
@@ -109,7 +98,10 @@ def load_trained(args):
     data = ckpt.get("data")
     needed = ("dataset", "classes", "mean", "std", "image_size", "in_channels")
     if not isinstance(data, dict) or any(k not in data for k in needed):
-        raise CheckpointError(f"{path} lacks the description of its training data")
+        raise CheckpointError(
+            f"{path} lacks the description of its training data; give a checkpoint written "
+            "by `convzoo train`"
+        )
     model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device).eval()
     return path, ckpt, model, device
 
@@ -144,6 +136,7 @@ def format_report(result, classes: list[str]) -> str:
 
 
 def run(args) -> int:
+    from ..artifacts import to_json
     from ..data.loader import Loader
     from ..evaluate import evaluate, load_training_data
 
@@ -174,7 +167,7 @@ def run(args) -> int:
             "classes": classes,
             **result.to_dict(),
         }
-        print(json.dumps(out))
+        print(to_json(out, indent=None))
         return 0
     print(
         f"checkpoint  {path}  ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import positive_int
@@ -21,7 +20,7 @@ def register(sub) -> None:
         help="how many classes to show per image (default: 3)",
     )
     add_tta_argument(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     p.set_defaults(run=run)
 
 
@@ -37,7 +36,7 @@ def load_images(paths: list[str], data: dict):
     for name in paths:
         path = Path(name)
         if not path.is_file():
-            raise DataError(f"{name}: no such image file")
+            raise DataError(f"{name}: no such image file; give the path of a PNG or JPEG file")
         images.append(load_image(path, int(data["in_channels"]), size))
     return torch.stack(images)
 
@@ -45,6 +44,7 @@ def load_images(paths: list[str], data: dict):
 def run(args) -> int:
     import torch
 
+    from ..artifacts import to_json
     from ..data.loader import Loader
     from ..evaluate import predict_logits
     from .eval_cmd import for_inference, load_trained, resolve_tta
@@ -77,16 +77,13 @@ def run(args) -> int:
         for name, ps, ids in zip(args.images, probs, indices, strict=True)
     ]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "checkpoint": str(path),
-                    "model": ckpt.get("model_name"),
-                    "backend": args.backend,
-                    "predictions": predictions,
-                }
-            )
-        )
+        out = {
+            "checkpoint": str(path),
+            "model": ckpt.get("model_name"),
+            "backend": args.backend,
+            "predictions": predictions,
+        }
+        print(to_json(out, indent=None))
         return 0
     width = max(len(c) for c in classes)
     for pred in predictions:
