@@ -187,3 +187,14 @@ def test_compare_bad_inputs(compared, tmp_path, capsys, monkeypatch):
         main(["compare", "nin", "--epochs", "0"])
     assert exc.value.code == 2
     one_line_error(capsys)
+
+
+def test_compare_never_writes_over_a_runs_files(tmp_path, capsys):
+    """--out may not be a run of the comparison: its report.html is the run's own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"model": "nin", "test_accuracy": 0.5}))
+    (run / "report.html").write_text("the run's own report")
+    assert main(["compare", "--runs", str(run), "--out", str(run), "--no-speed"]) == 2
+    assert "--out" in one_line_error(capsys)
+    assert (run / "report.html").read_text() == "the run's own report"

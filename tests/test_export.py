@@ -111,6 +111,7 @@ def test_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, options):
     assert meta["model_name"] == name and meta["input_size"] == [1, 28, 28]
 
 
+@pytest.mark.slow
 def test_onnx_export_restores_the_callers_mode(tmp_path):
     model = convzoo.get_model("nin", num_classes=3, in_channels=1, small_input=True, width=0.125)
     model.train()
@@ -253,3 +254,28 @@ def test_bad_targets(tmp_path):
 def test_checkpoint_metadata_needs_the_data_entry():
     with pytest.raises(CheckpointError, match="data description"):
         checkpoint_metadata({"model_name": "nin", "model_options": {}})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["config.json", "result.json", "metrics.jsonl", "model.safetensors", "checkpoints/last.pt"],
+)
+def test_never_writes_over_a_file_of_the_run(tmp_path, name):
+    path, _ = build_checkpoint(tmp_path, "nin")
+    run = path.parent.parent
+    target = run / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"the run's own file")
+    with pytest.raises(ConfigError, match="--out"):
+        export_checkpoint(run, "safetensors", target)
+    assert target.read_bytes() == b"the run's own file"
+
+
+def test_a_plain_export_keeps_the_weights_training_wrote(tmp_path):
+    path, _ = build_checkpoint(tmp_path, "nin")
+    run = path.parent.parent
+    (run / "model.safetensors").write_bytes(b"written by training")
+    out = export_checkpoint(run, "safetensors")
+    assert out == run / "model-best.safetensors"
+    assert (run / "model.safetensors").read_bytes() == b"written by training"
+    assert read_safetensors_metadata(out)["model_name"] == "nin"

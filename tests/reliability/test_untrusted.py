@@ -127,6 +127,7 @@ KINDS = [
 ]
 
 
+@pytest.mark.slow
 def test_the_payloads_work(tmp_path):
     """Without protection each payload does run (so the tests below can fail)."""
     lines = []
@@ -216,6 +217,7 @@ def test_resume_does_not_fall_back_onto_a_hostile_checkpoint(tmp_path, capsys, t
     tally.input("checkpoint that runs code (CLI)")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_in_a_subprocess_exits_2(tmp_path, tally):
     """The same at the process level: `python -m convzoo eval EVIL.pt`."""
     marker = tmp_path / "ran"
@@ -237,6 +239,7 @@ def test_a_checkpoint_in_a_subprocess_exits_2(tmp_path, tally):
 # ------------------------------------------------------------------ safetensors
 
 
+@pytest.mark.slow
 def test_safetensors_round_trip(tmp_path):
     torch.manual_seed(1)
     model = get_model("resnet18", num_classes=7, in_channels=3, small_input=True, width=0.125)
