@@ -292,3 +292,28 @@ def test_argument_errors(trained, capsys, tmp_path):
     argparse_error(capsys, "export", run, "--format", "pdf", match="--format")
     argparse_error(capsys, "export", run, match="--format")
     argparse_error(capsys, "eval", run, "--batch-size", "0", match="--batch-size")
+
+
+@pytest.mark.slow
+def test_eval_json_is_strict(trained, capsys, monkeypatch):
+    """A loss that is not a number is null in the JSON, never NaN or Infinity."""
+    import convzoo.evaluate as evaluate_module
+
+    real = evaluate_module.evaluate
+
+    def diverged(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.loss = float("inf")
+        result.per_class_accuracy[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(evaluate_module, "evaluate", diverged)
+    run, _ = trained
+    rc, out, _ = run_cli(capsys, "eval", run, "--json")
+    assert rc == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON output")
+
+    got = json.loads(out, parse_constant=refuse)
+    assert got["loss"] is None and got["per_class_accuracy"][0] is None
