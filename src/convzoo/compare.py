@@ -102,14 +102,20 @@ class Plan:
 
 
 def plan_runs(
-    models: list[str], overrides: dict[str, Any], out: Path, *, recipe: str | None = None
+    models: list[str],
+    overrides: dict[str, Any],
+    out: Path,
+    *,
+    recipe: str | None = None,
+    note: Log = _quiet,
 ) -> list[Plan]:
-    """Every model's configuration, built and checked before anything is trained."""
+    """Every model's configuration, built and checked before anything is trained
+    (``note`` gets what :func:`~convzoo.train.build_config` says of a recipe)."""
     plans = []
     for model in models:
         run_dir = out / "runs" / model
         given = {**overrides, "out": str(run_dir)}
-        cfg = build_config(model, given, recipe=recipe)
+        cfg = build_config(model, given, recipe=recipe, note=note)
         state = existing_state(run_dir, cfg, overrides)
         plans.append(Plan(model, run_dir, given, cfg, state, recipe))
     return plans

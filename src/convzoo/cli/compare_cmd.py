@@ -102,7 +102,7 @@ def run(args) -> int:
         failed: list[str] = []
     else:
         check_output(out, [])
-        plans = plan_runs(models, given, out, recipe=recipe)
+        plans = plan_runs(models, given, out, recipe=recipe, note=warn)
         try:
             run_dirs, failed = train_all(plans, train=train_run, log=log, warn=warn)
         except TrainingInterrupted as exc:

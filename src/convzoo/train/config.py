@@ -176,7 +176,7 @@ class Option:
             problem = self.number.problem(value)
             if problem:
                 return problem
-        if self.action == "bool" and not isinstance(value, bool):
+        if self.action in ("bool", "store_true") and not isinstance(value, bool):
             return f"must be true or false, got {value!r}"
         return self.extra(value) if self.extra else None
 
