@@ -60,6 +60,7 @@ __all__ = [
     "OnnxRuntimeModel",
     "ScaleShift",
     "fold_report",
+    "load_trained",
     "max_relative_error",
     "measure_throughput",
     "optimize",
@@ -512,6 +513,37 @@ def _build_onnxruntime(model: nn.Module, example: Tensor, threads: int) -> OnnxR
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     return OnnxRuntimeModel(session, threads)
+
+
+# -- a trained model ---------------------------------------------------------------------
+
+# What a checkpoint's "data" entry must say for its model to be used on new images.
+DATA_KEYS = ("dataset", "classes", "mean", "std", "image_size", "in_channels")
+
+
+def load_trained(
+    target, *, which: str = "best", use_ema: bool = True, device: str | torch.device = "auto"
+) -> tuple[Path, dict, nn.Module, torch.device]:
+    """(checkpoint path, checkpoint dict, model in eval mode on the device, device) of a
+    run directory or checkpoint file, read through :mod:`convzoo.artifacts` and rebuilt
+    through :mod:`convzoo.registry` (EMA weights when present, unless ``use_ema`` is
+    false). :class:`~convzoo.errors.CheckpointError` when there is nothing usable."""
+    from .artifacts import find_checkpoint, load_checkpoint
+    from .device import resolve_device
+    from .errors import CheckpointError
+    from .registry import model_from_checkpoint
+
+    device = resolve_device(device)
+    path = Path(find_checkpoint(target, which))
+    ckpt = load_checkpoint(path)
+    data = ckpt.get("data")
+    if not isinstance(data, dict) or any(k not in data for k in DATA_KEYS):
+        raise CheckpointError(
+            f"{path} lacks the description of its training data; give a checkpoint written "
+            "by `convzoo train`"
+        )
+    model = model_from_checkpoint(ckpt, use_ema=use_ema).to(device).eval()
+    return path, ckpt, model, device
 
 
 # -- the entry point --------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from .common import positive_int
 
@@ -86,24 +85,11 @@ def register(sub) -> None:
 
 
 def load_trained(args):
-    """(checkpoint path, checkpoint dict, model in eval mode on the device, device)."""
-    from ..artifacts import find_checkpoint, load_checkpoint
-    from ..device import resolve_device
-    from ..errors import CheckpointError
-    from ..registry import model_from_checkpoint
+    """(checkpoint path, checkpoint dict, model in eval mode on the device, device) of the
+    options of :func:`add_model_arguments`."""
+    from ..infer import load_trained as load
 
-    device = resolve_device(args.device)
-    path = Path(find_checkpoint(args.target, args.which))
-    ckpt = load_checkpoint(path)
-    data = ckpt.get("data")
-    needed = ("dataset", "classes", "mean", "std", "image_size", "in_channels")
-    if not isinstance(data, dict) or any(k not in data for k in needed):
-        raise CheckpointError(
-            f"{path} lacks the description of its training data; give a checkpoint written "
-            "by `convzoo train`"
-        )
-    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device).eval()
-    return path, ckpt, model, device
+    return load(args.target, which=args.which, use_ema=not args.no_ema, device=args.device)
 
 
 def for_inference(model, example, backend: str):
