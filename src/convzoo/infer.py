@@ -59,7 +59,10 @@ __all__ = [
     "FusedConv2d",
     "OnnxRuntimeModel",
     "ScaleShift",
+    "classify_images",
+    "evaluate_test_set",
     "fold_report",
+    "load_images",
     "load_trained",
     "max_relative_error",
     "measure_throughput",
@@ -544,6 +547,94 @@ def load_trained(
         )
     model = model_from_checkpoint(ckpt, use_ema=use_ema).to(device).eval()
     return path, ckpt, model, device
+
+
+def evaluate_test_set(
+    model: nn.Module,
+    ckpt: dict,
+    device: torch.device,
+    *,
+    backend: str = "fast",
+    tta: bool = False,
+    data_dir=None,
+    batch_size: int = 512,
+):
+    """The :class:`~convzoo.evaluate.EvalResult` of ``model`` (from :func:`load_trained`)
+    on the test set of the data it was trained on, run through ``backend``."""
+    from .data.loader import Loader
+    from .evaluate import evaluate, load_training_data
+
+    data = ckpt["data"]
+    ds = load_training_data(data, data_dir)
+    loader = Loader(
+        ds.test_images,
+        ds.test_labels,
+        batch_size=batch_size,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+    runner = optimize(model, next(iter(loader))[0], backend)
+    return evaluate(runner, loader, len(data["classes"]), tta=tta)
+
+
+def load_images(paths: list[str], data: dict) -> Tensor:
+    """uint8 (N, C, H, W): each image file converted as the training images were
+    (``data`` is a checkpoint's data entry)."""
+    from .data.datasets import load_image
+    from .errors import DataError
+
+    size = tuple(int(s) for s in data["image_size"])
+    images = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"{name}: no such image file; give the path of a PNG or JPEG file")
+        images.append(load_image(path, int(data["in_channels"]), size))
+    return torch.stack(images)
+
+
+def classify_images(
+    model: nn.Module,
+    ckpt: dict,
+    device: torch.device,
+    paths: list[str],
+    *,
+    backend: str = "fast",
+    tta: bool = False,
+    topk: int = 3,
+) -> list[dict[str, Any]]:
+    """The ``topk`` classes of each image file: ``{"image", "top": [{"class", "index",
+    "probability"}, ...]}`` per file, in order."""
+    from .data.loader import Loader
+    from .evaluate import predict_logits
+
+    data = ckpt["data"]
+    classes = [str(c) for c in data["classes"]]
+    images = load_images(paths, data)
+    loader = Loader(
+        images,
+        torch.zeros(len(images), dtype=torch.long),
+        batch_size=256,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+    runner = optimize(model, next(iter(loader))[0], backend)
+    logits, _ = predict_logits(runner, loader, tta=tta)
+    probs, indices = logits.softmax(dim=1).topk(min(topk, len(classes)), dim=1)
+    return [
+        {
+            "image": name,
+            "top": [
+                {"class": classes[int(i)], "index": int(i), "probability": float(p)}
+                for p, i in zip(ps, ids, strict=True)
+            ],
+        }
+        for name, ps, ids in zip(paths, probs, indices, strict=True)
+    ]
 
 
 # -- the entry point --------------------------------------------------------------------

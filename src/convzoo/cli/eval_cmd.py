@@ -92,14 +92,6 @@ def load_trained(args):
     return load(args.target, which=args.which, use_ema=not args.no_ema, device=args.device)
 
 
-def for_inference(model, example, backend: str):
-    """``model`` prepared by convzoo.infer for ``backend``, laid out for batches like
-    ``example``."""
-    from ..infer import optimize
-
-    return optimize(model, example, backend)
-
-
 def _pct(x: float) -> str:
     return "   n/a" if math.isnan(x) else f"{x * 100:6.2f}%"
 
@@ -123,25 +115,21 @@ def format_report(result, classes: list[str]) -> str:
 
 def run(args) -> int:
     from ..artifacts import to_json
-    from ..data.loader import Loader
-    from ..evaluate import evaluate, load_training_data
+    from ..infer import evaluate_test_set
 
     path, ckpt, model, device = load_trained(args)
     data = ckpt["data"]
-    ds = load_training_data(data, args.data_dir)
-    loader = Loader(
-        ds.test_images,
-        ds.test_labels,
-        batch_size=args.batch_size,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
-    )
     classes = [str(c) for c in data["classes"]]
-    model = for_inference(model, next(iter(loader))[0], args.backend)
     tta = resolve_tta(args, ckpt)
-    result = evaluate(model, loader, len(classes), tta=tta)
+    result = evaluate_test_set(
+        model,
+        ckpt,
+        device,
+        backend=args.backend,
+        tta=tta,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+    )
     if args.json:
         out = {
             "checkpoint": str(path),

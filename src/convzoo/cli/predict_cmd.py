@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import positive_int
 from .eval_cmd import add_model_arguments, add_tta_argument
 
@@ -24,58 +22,22 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def load_images(paths: list[str], data: dict):
-    """uint8 (N, C, H, W): each file converted as the training images were."""
-    import torch
-
-    from ..data.datasets import load_image
-    from ..errors import DataError
-
-    size = tuple(int(s) for s in data["image_size"])
-    images = []
-    for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise DataError(f"{name}: no such image file; give the path of a PNG or JPEG file")
-        images.append(load_image(path, int(data["in_channels"]), size))
-    return torch.stack(images)
-
-
 def run(args) -> int:
-    import torch
-
     from ..artifacts import to_json
-    from ..data.loader import Loader
-    from ..evaluate import predict_logits
-    from .eval_cmd import for_inference, load_trained, resolve_tta
+    from ..infer import classify_images
+    from .eval_cmd import load_trained, resolve_tta
 
     path, ckpt, model, device = load_trained(args)
-    data = ckpt["data"]
-    classes = [str(c) for c in data["classes"]]
-    images = load_images(args.images, data)
-    loader = Loader(
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        batch_size=256,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
+    classes = [str(c) for c in ckpt["data"]["classes"]]
+    predictions = classify_images(
+        model,
+        ckpt,
+        device,
+        args.images,
+        backend=args.backend,
+        tta=resolve_tta(args, ckpt),
+        topk=args.topk,
     )
-    model = for_inference(model, next(iter(loader))[0], args.backend)
-    logits, _ = predict_logits(model, loader, tta=resolve_tta(args, ckpt))
-    k = min(args.topk, len(classes))
-    probs, indices = logits.softmax(dim=1).topk(k, dim=1)
-    predictions = [
-        {
-            "image": name,
-            "top": [
-                {"class": classes[int(i)], "index": int(i), "probability": float(p)}
-                for p, i in zip(ps, ids, strict=True)
-            ],
-        }
-        for name, ps, ids in zip(args.images, probs, indices, strict=True)
-    ]
     if args.json:
         out = {
             "checkpoint": str(path),
