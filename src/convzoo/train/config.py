@@ -549,7 +549,10 @@ def check_config(cfg: TrainConfig) -> None:
     if not isinstance(cfg.model, str) or not cfg.model:
         raise ConfigError("a model name is required")
     for name, opt in options():
-        problem = opt.check(getattr(cfg, name))
+        value = getattr(cfg, name)
+        problem = opt.check(value)
+        if value is None and field_default(name) is not None:
+            problem = f"needs a value (its default is {field_default(name)!r})"
         if problem:
             raise ConfigError(f"{flag_of(name)} {problem}")
 
