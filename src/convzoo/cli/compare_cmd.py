@@ -19,6 +19,7 @@ HELPS = {
     "time_budget": "wall-clock budget for each model's run: 90s, 10m, 1h",
     "device": "where to train; the report runs the models on the same device",
     "recipe": "'none' to train without the families' recipes",
+    "threads": "CPU threads for each model's training",
 }
 
 
