@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convzoo.cli.bench_cmd import (  # noqa: E402
+from convzoo.bench import (  # noqa: E402
     bench_throughput,
     bench_train,
     format_throughput,
@@ -99,10 +99,10 @@ def main() -> int:
                     name,
                     f"{label} ({'x'.join(map(str, size))})",
                     str(batch),
-                    f"{by['eager']['images_per_s']:.1f}",
-                    f"{by['fast']['images_per_s']:.1f}",
+                    f"{by['eager']['images_per_second']:.1f}",
+                    f"{by['fast']['images_per_second']:.1f}",
                     f"{by['fast']['speedup']:.2f}x",
-                    f"{by['onnxruntime']['images_per_s']:.1f}",
+                    f"{by['onnxruntime']['images_per_second']:.1f}",
                     f"{by['onnxruntime']['speedup']:.2f}x",
                     "yes" if agree else "NO",
                 ]
@@ -148,7 +148,7 @@ def main() -> int:
                     "28 px (1x28x28)",
                     "128",
                     r["variant"],
-                    f"{r['images_per_s']:.1f}",
+                    f"{r['images_per_second']:.1f}",
                     f"{r['speedup']:.2f}x",
                 ]
             )

@@ -22,8 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _record import append_section  # noqa: E402
 
+from convzoo.compare import ALL_MODELS  # noqa: E402
+
 # The default model of each family, as trained by `convzoo compare --all`.
-FAMILY_MODELS = ["alexnet", "vgg11_bn", "nin", "googlenet", "resnet18", "densenet121"]
+FAMILY_MODELS = list(ALL_MODELS)
 HEADER = [
     "model",
     "recipe",

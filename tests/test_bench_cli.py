@@ -19,6 +19,7 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_throughput_table_has_every_backend(capsys):
     rc, out, err = run_cli(capsys, "bench", "throughput", "resnet18", *SMALL, "--repeats", "2")
     assert rc == 0, err
@@ -33,6 +34,7 @@ def test_throughput_table_has_every_backend(capsys):
         assert float(rows[name].split()[1]) > 0
 
 
+@pytest.mark.slow
 def test_throughput_json_and_one_backend(capsys):
     rc, out, _ = run_cli(
         capsys, "bench", "throughput", "nin", *SMALL, "--batch", "4", "--repeats", "1",
@@ -46,10 +48,11 @@ def test_throughput_json_and_one_backend(capsys):
     eager, fast = res["rows"]
     assert eager["speedup"] == 1.0 and eager["max_rel_error"] == 0.0
     assert fast["max_rel_error"] <= 1e-4
-    assert fast["speedup"] == pytest.approx(fast["images_per_s"] / eager["images_per_s"])
-    assert fast["latency_ms"] == pytest.approx(4 / fast["images_per_s"] * 1e3)
+    assert fast["speedup"] == pytest.approx(fast["images_per_second"] / eager["images_per_second"])
+    assert fast["latency_ms"] == pytest.approx(4 / fast["images_per_second"] * 1e3)
 
 
+@pytest.mark.slow
 def test_train_step_throughput(capsys):
     rc, out, err = run_cli(
         capsys, "bench", "train", "resnet18", *SMALL, "--batch", "8", "--repeats", "1",
@@ -67,7 +70,7 @@ def test_train_step_throughput(capsys):
     }  # fmt: skip
     assert variants[2:] == ["channels_last", "bf16 autocast", "channels_last + bf16 autocast"]
     assert res["rows"][0]["speedup"] == 1.0
-    assert all(r["images_per_s"] > 0 and r["step_ms"] > 0 for r in res["rows"])
+    assert all(r["images_per_second"] > 0 and r["step_ms"] > 0 for r in res["rows"])
     assert res["rows"][3]["settings"] == {"channels_last": False, "amp": True, "compile": False}
     rc, out, _ = run_cli(
         capsys, "bench", "train", "nin", *SMALL, "--batch", "4", "--repeats", "1", "--warmup", "0"
@@ -81,7 +84,6 @@ def test_train_step_throughput(capsys):
     [
         (["bench", "throughput", "resnet81", "--small-input"], "unknown model 'resnet81'"),
         (["bench", "throughput", "alexnet", "--input", "3x28x28"], "use --small-input"),
-        (["bench", "train", "nin", *SMALL, "--warmup", "-1"], "--warmup"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
@@ -98,6 +100,9 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
         ["bench", "throughput", "nin", "--backend", "tensorrt"],
         ["bench", "throughput", "nin", "--input", "28"],
         ["bench", "train", "nin", "--variants", "some"],
+        ["bench", "train", "nin", "--warmup", "-1"],
+        ["bench", "train", "nin", "--width", "inf"],
+        ["bench", "throughput", "nin", "--width", "nan"],
         ["bench", "fly", "nin"],
     ],
 )
@@ -112,3 +117,24 @@ def test_argument_errors(capsys, argv):
 def test_bench_without_a_subcommand_prints_help(capsys):
     rc, out, _ = run_cli(capsys, "bench")
     assert rc == 2 and "throughput" in out and "train" in out
+
+
+def test_json_is_strict(capsys, monkeypatch):
+    """A figure that is not a number (a zero-length timing) is null, never NaN/Infinity."""
+    import json
+
+    from convzoo import bench
+
+    def fake(name, **kwargs):
+        row = {"backend": "eager", "images_per_second": float("inf"), "speedup": float("nan")}
+        return {"model": name, "rows": [row]}
+
+    monkeypatch.setattr(bench, "bench_throughput", fake)
+    assert main(["bench", "throughput", "nin", "--json"]) == 0
+    text = capsys.readouterr().out
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON output")
+
+    row = json.loads(text, parse_constant=refuse)["rows"][0]
+    assert row["images_per_second"] is None and row["speedup"] is None

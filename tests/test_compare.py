@@ -49,6 +49,7 @@ def one_line_error(capsys, command: str = "compare") -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_compare_trains_each_model_like_convzoo_train(compared):
     out, data = compared
     for model in ("resnet18", "nin"):
@@ -72,6 +73,7 @@ def test_compare_trains_each_model_like_convzoo_train(compared):
     assert accs == sorted(accs, reverse=True)
 
 
+@pytest.mark.slow
 def test_compare_writes_its_charts_as_png_files(compared):
     """The report's comparison charts also land next to leaderboard.md, the same images."""
     from PIL import Image
@@ -88,6 +90,7 @@ def test_compare_writes_its_charts_as_png_files(compared):
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_compare_again_reuses_finished_runs(compared, capsys):
     out, data = compared
     run_dir = out / "runs" / "nin"
@@ -99,6 +102,7 @@ def test_compare_again_reuses_finished_runs(compared, capsys):
     assert "already trained" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_resumes_an_interrupted_run(compared, tmp_path):
     """A run with checkpoints but no result.json is finished, not started again."""
     out, data = compared
@@ -112,6 +116,7 @@ def test_compare_resumes_an_interrupted_run(compared, tmp_path):
     assert r["resumed"] is True and r["steps"] == result(out / "runs" / "nin")["steps"]
 
 
+@pytest.mark.slow
 def test_compare_runs_writes_the_leaderboard_in_accuracy_order(compared, tmp_path):
     out, _ = compared
     # a third run, a copy of nin made to look best
@@ -150,6 +155,7 @@ def test_all_means_the_six_families(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_compare_bad_inputs(compared, tmp_path, capsys, monkeypatch):
     out, data = compared
     monkeypatch.chdir(tmp_path)  # where a default --out would go
@@ -181,3 +187,14 @@ def test_compare_bad_inputs(compared, tmp_path, capsys, monkeypatch):
         main(["compare", "nin", "--epochs", "0"])
     assert exc.value.code == 2
     one_line_error(capsys)
+
+
+def test_compare_never_writes_over_a_runs_files(tmp_path, capsys):
+    """--out may not be a run of the comparison: its report.html is the run's own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"model": "nin", "test_accuracy": 0.5}))
+    (run / "report.html").write_text("the run's own report")
+    assert main(["compare", "--runs", str(run), "--out", str(run), "--no-speed"]) == 2
+    assert "--out" in one_line_error(capsys)
+    assert (run / "report.html").read_text() == "the run's own report"

@@ -88,12 +88,13 @@ def inputs(n: int, seed: int = 1) -> torch.Tensor:
         ("densenet121", {"block_config": [2, 2, 2, 2]}),
     ],
 )
+@pytest.mark.slow
 def test_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, options):
     import onnxruntime as ort
 
     path, ckpt = build_checkpoint(tmp_path, name, **options)
     out = export_checkpoint(path.parent.parent, "onnx")
-    assert out == tmp_path / "run" / "model.onnx"
+    assert out == tmp_path / "run" / "model-best.onnx"
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits"]  # no auxiliary heads
     model = reference(ckpt)
@@ -110,6 +111,7 @@ def test_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, options):
     assert meta["model_name"] == name and meta["input_size"] == [1, 28, 28]
 
 
+@pytest.mark.slow
 def test_onnx_export_restores_the_callers_mode(tmp_path):
     model = convzoo.get_model("nin", num_classes=3, in_channels=1, small_input=True, width=0.125)
     model.train()
@@ -132,10 +134,11 @@ def test_onnx_mismatch_is_an_internal_error_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind either
 
 
+@pytest.mark.slow
 def test_torchscript_loads_in_a_fresh_process(tmp_path):
     path, ckpt = build_checkpoint(tmp_path, "resnet18")
     out = export_checkpoint(path, "torchscript")
-    assert out == tmp_path / "run" / "model.torchscript.pt"
+    assert out == tmp_path / "run" / "model-best.torchscript.pt"
     x = inputs(5)
     with torch.no_grad():
         want = reference(ckpt)(x)
@@ -168,6 +171,7 @@ def test_torchscript_loads_in_a_fresh_process(tmp_path):
     "name,options",
     [("googlenet", {"aux_logits": True}), ("densenet121", {"block_config": [2, 2, 2, 2]})],
 )
+@pytest.mark.slow
 def test_safetensors_round_trip(tmp_path, name, options):
     path, ckpt = build_checkpoint(tmp_path, name, **options)
     out = export_checkpoint(path, "safetensors", tmp_path / "exported.safetensors")
@@ -214,13 +218,16 @@ def test_load_safetensors_errors(tmp_path):
 
 def test_output_paths(tmp_path):
     path, _ = build_checkpoint(tmp_path, "nin")
-    assert default_output(path, "onnx") == tmp_path / "run" / "model.onnx"
+    # named after the weights it holds, beside the run's own files
+    assert default_output(path, "onnx") == tmp_path / "run" / "model-best.onnx"
+    last = path.with_name("last.pt")
+    assert default_output(last, "torchscript") == tmp_path / "run" / "model-last.torchscript.pt"
     loose = tmp_path / "loose.pt"
-    assert default_output(loose, "safetensors") == tmp_path / "model.safetensors"
+    assert default_output(loose, "safetensors") == tmp_path / "model-loose.safetensors"
     # An existing directory gets the default name inside it.
     outdir = tmp_path / "outdir"
     outdir.mkdir()
-    assert export_checkpoint(path, "safetensors", outdir) == outdir / "model.safetensors"
+    assert export_checkpoint(path, "safetensors", outdir) == outdir / "model-best.safetensors"
 
 
 def test_refuses_to_overwrite_the_input_checkpoint(tmp_path):
@@ -247,3 +254,28 @@ def test_bad_targets(tmp_path):
 def test_checkpoint_metadata_needs_the_data_entry():
     with pytest.raises(CheckpointError, match="data description"):
         checkpoint_metadata({"model_name": "nin", "model_options": {}})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["config.json", "result.json", "metrics.jsonl", "model.safetensors", "checkpoints/last.pt"],
+)
+def test_never_writes_over_a_file_of_the_run(tmp_path, name):
+    path, _ = build_checkpoint(tmp_path, "nin")
+    run = path.parent.parent
+    target = run / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"the run's own file")
+    with pytest.raises(ConfigError, match="--out"):
+        export_checkpoint(run, "safetensors", target)
+    assert target.read_bytes() == b"the run's own file"
+
+
+def test_a_plain_export_keeps_the_weights_training_wrote(tmp_path):
+    path, _ = build_checkpoint(tmp_path, "nin")
+    run = path.parent.parent
+    (run / "model.safetensors").write_bytes(b"written by training")
+    out = export_checkpoint(run, "safetensors")
+    assert out == run / "model-best.safetensors"
+    assert (run / "model.safetensors").read_bytes() == b"written by training"
+    assert read_safetensors_metadata(out)["model_name"] == "nin"

@@ -76,6 +76,7 @@ def eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "options"), FAMILIES)
 def test_fast_and_onnxruntime_agree_with_eager(name, options):
     model = tiny(name, **options)
@@ -101,6 +102,7 @@ def test_fast_and_onnxruntime_agree_with_eager(name, options):
     assert not any(isinstance(m, FusedConv2d | ScaleShift) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_what_fast_folds_per_family():
     x = images(2)
     report = {name: fold_report(optimize(tiny(name), x)) for name in ("resnet18", "vgg11_bn")}
@@ -128,6 +130,7 @@ def test_what_fast_folds_per_family():
     assert not any(isinstance(m, nn.Dropout) for m in optimize(tiny("alexnet"), x).modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])
 def test_faithful_form_agrees(name):
     # The 224 px form's stem (7x7 conv, BN, ReLU, max pool), at a small size and width.
@@ -156,6 +159,7 @@ def test_fold_batch_norm_matches_conv_then_bn():
     assert torch.allclose(fused(x), expected.relu(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_model_in_training_mode_is_refused():
     model = tiny("resnet18").train()
     state = copy.deepcopy(model.state_dict())
@@ -171,6 +175,7 @@ def test_a_model_in_training_mode_is_refused():
         fast.train()
 
 
+@pytest.mark.slow
 def test_bad_arguments():
     model = tiny("nin")
     with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
@@ -186,11 +191,13 @@ def test_bad_arguments():
         optimize(model, images(2))(torch.zeros(2, 3, 28, 28))
 
 
+@pytest.mark.slow
 def test_eager_backend_is_the_model_itself():
     model = tiny("nin")
     assert optimize(model, images(2), "eager") is model
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_optimized_models():
     from convzoo.evaluate import evaluate
 
@@ -205,6 +212,7 @@ def test_evaluate_accepts_optimized_models():
         assert res.loss == pytest.approx(ref.loss, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_measure_throughput_counts_and_restores_modes():
     calls = []
 
@@ -217,7 +225,7 @@ def test_measure_throughput_counts_and_restores_modes():
     assert result["batch_size"] == 4 and result["repeats"] == 3 and result["warmup"] == 2
     assert len(result["times_s"]) == 3
     assert result["latency_min_ms"] <= result["latency_ms"] <= result["latency_max_ms"]
-    assert result["images_per_s"] == pytest.approx(4 / (result["latency_ms"] / 1e3))
+    assert result["images_per_second"] == pytest.approx(4 / (result["latency_ms"] / 1e3))
     model = tiny("nin").train()
     measure_throughput(model, images(2), repeats=1, warmup=0)
     assert model.training  # eval mode only for the measurement
@@ -266,6 +274,7 @@ def cli_json(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_eval_backends_agree(trained_run, capsys):
     run, _ = trained_run
     results = {
@@ -287,6 +296,7 @@ def test_eval_backends_agree(trained_run, capsys):
     assert tta["fast"]["loss"] == pytest.approx(tta["eager"]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_backends_agree(trained_run, capsys, tmp_path):
     from PIL import Image
 

@@ -74,6 +74,7 @@ def load_model(run):
     return ckpt, model_from_checkpoint(ckpt)
 
 
+@pytest.mark.slow
 def test_eval_json_agrees_with_training(trained, capsys):
     run, _ = trained
     rc, out, _ = run_cli(capsys, "eval", run, "--json", "--no-tta")
@@ -89,6 +90,7 @@ def test_eval_json_agrees_with_training(trained, capsys):
     assert len(res["per_class_accuracy"]) == 10 and res["tta"] is False
 
 
+@pytest.mark.slow
 def test_eval_text(trained, capsys):
     run, _ = trained
     rc, out, _ = run_cli(capsys, "eval", run)
@@ -98,6 +100,7 @@ def test_eval_text(trained, capsys):
         assert name in out
 
 
+@pytest.mark.slow
 def test_eval_checkpoint_file_tta_data_dir_and_batch_size(trained, capsys):
     run, data = trained
     rc, out, _ = run_cli(capsys, "eval", run, "--json")
@@ -122,6 +125,7 @@ def test_eval_checkpoint_file_tta_data_dir_and_batch_size(trained, capsys):
     assert tta["tta"] is True and tta["num_samples"] == 40
 
 
+@pytest.mark.slow
 def test_eval_defaults_to_the_runs_tta_setting(trained, capsys):
     """With neither --tta nor --no-tta, eval predicts as the run's recipe did."""
     run, _ = trained
@@ -135,6 +139,7 @@ def test_eval_defaults_to_the_runs_tta_setting(trained, capsys):
     assert res["accuracy"] == pytest.approx(result["test_accuracy_tta"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_predict_matches_the_model_on_a_test_image(trained, capsys, tmp_path):
     from convzoo.data.datasets import load_dataset
 
@@ -172,6 +177,7 @@ def test_predict_matches_the_model_on_a_test_image(trained, capsys, tmp_path):
     assert all(0 <= p <= 1 for p in second)
 
 
+@pytest.mark.slow
 def test_predict_text_and_topk_larger_than_the_classes(trained, capsys, tmp_path):
     run, _ = trained
     png = tmp_path / "noise.png"
@@ -186,6 +192,7 @@ def test_predict_text_and_topk_larger_than_the_classes(trained, capsys, tmp_path
     assert lines[1].strip().startswith("1.") and "%" in lines[1]
 
 
+@pytest.mark.slow
 def test_export_cli_all_formats(trained, capsys, tmp_path):
     import onnxruntime as ort
 
@@ -197,9 +204,10 @@ def test_export_cli_all_formats(trained, capsys, tmp_path):
     with torch.no_grad():
         want = model(x)
 
+    trained_weights = (run / "model.safetensors").read_bytes()
     rc, out, _ = run_cli(capsys, "export", run, "--format", "onnx")
-    assert rc == 0 and str(run / "model.onnx") in out
-    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert rc == 0 and str(run / "model-best.onnx") in out
+    session = ort.InferenceSession(str(run / "model-best.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
@@ -217,8 +225,13 @@ def test_export_cli_all_formats(trained, capsys, tmp_path):
         assert torch.equal(load_safetensors(tmp_path / "m.safetensors")(x), want)
         # The file `convzoo train` wrote has the same layout.
         assert torch.equal(load_safetensors(run / "model.safetensors")(x), want)
+    # A plain export goes beside it, named after its weights; training's file is kept.
+    rc, out, _ = run_cli(capsys, "export", run, "--format", "safetensors")
+    assert rc == 0 and str(run / "model-best.safetensors") in out
+    assert (run / "model.safetensors").read_bytes() == trained_weights
 
 
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_the_checkpoint(trained, capsys):
     run, _ = trained
     best = run / "checkpoints" / "best.pt"
@@ -253,6 +266,7 @@ def test_bad_targets(capsys, tmp_path):
     one_line_error(capsys, "predict", empty, "x.png", match="not a run directory")
 
 
+@pytest.mark.slow
 def test_predict_bad_images(trained, capsys, tmp_path):
     run, _ = trained
     fake = tmp_path / "fake.png"
@@ -261,6 +275,7 @@ def test_predict_bad_images(trained, capsys, tmp_path):
     one_line_error(capsys, "predict", run, tmp_path / "missing.png", match="missing.png")
 
 
+@pytest.mark.slow
 def test_eval_without_the_data(trained, capsys, tmp_path, data_env):
     run, _ = trained
     empty = tmp_path / "empty-data"
@@ -269,6 +284,7 @@ def test_eval_without_the_data(trained, capsys, tmp_path, data_env):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_argument_errors(trained, capsys, tmp_path):
     run, _ = trained
     argparse_error(capsys, "predict", run, "a.png", "--topk", "0", match="--topk")
@@ -276,3 +292,28 @@ def test_argument_errors(trained, capsys, tmp_path):
     argparse_error(capsys, "export", run, "--format", "pdf", match="--format")
     argparse_error(capsys, "export", run, match="--format")
     argparse_error(capsys, "eval", run, "--batch-size", "0", match="--batch-size")
+
+
+@pytest.mark.slow
+def test_eval_json_is_strict(trained, capsys, monkeypatch):
+    """A loss that is not a number is null in the JSON, never NaN or Infinity."""
+    import convzoo.evaluate as evaluate_module
+
+    real = evaluate_module.evaluate
+
+    def diverged(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.loss = float("inf")
+        result.per_class_accuracy[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(evaluate_module, "evaluate", diverged)
+    run, _ = trained
+    rc, out, _ = run_cli(capsys, "eval", run, "--json")
+    assert rc == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON output")
+
+    got = json.loads(out, parse_constant=refuse)
+    assert got["loss"] is None and got["per_class_accuracy"][0] is None

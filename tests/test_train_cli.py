@@ -120,6 +120,7 @@ def test_bad_recipe(no_recipes, capsys):
     assert_usage_error(cli(["nin", "--recipe", "missing"], capsys), "no recipe 'missing'")
 
 
+@pytest.mark.slow
 def test_a_whole_run(data_dir, no_recipes, tmp_path, capsys):
     (no_recipes / "fashion-mnist" / "nin.toml").write_text("epochs = 1\nflip = true\n")
     out = tmp_path / "run"
@@ -149,6 +150,7 @@ def test_a_whole_run(data_dir, no_recipes, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_1(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = cli(
@@ -162,6 +164,7 @@ def test_nan_loss_exits_1(data_dir, tmp_path, capsys):
     load_checkpoint(out / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow
 def test_sigint_to_a_real_process_then_resume(data_dir, no_recipes, tmp_path):
     """SIGINT stops a running `convzoo train` cleanly; --resume ends bitwise where an
     uninterrupted run ends."""
@@ -205,3 +208,51 @@ def test_sigint_to_a_real_process_then_resume(data_dir, no_recipes, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+@pytest.fixture
+def trained_with(monkeypatch):
+    """`convzoo train` up to the training itself: the calls it makes, recorded."""
+    import convzoo.training
+
+    calls = []
+
+    def record(cfg, **kwargs):
+        calls.append((cfg, kwargs))
+
+    monkeypatch.setattr(convzoo.training, "train_run", record)
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # the command line is rebuilt
+    return calls
+
+
+def test_no_small_input_leaves_out_the_recipes_small_input_option(no_recipes, trained_with, capsys):
+    (no_recipes / "fashion-mnist" / "resnet.toml").write_text(
+        "epochs = 1\n[model_options]\nstem_stride = 2\n"
+    )
+    code, _, err = cli(["resnet18", "--no-small-input"], capsys)
+    assert code == 0, err
+    ((cfg, _),) = trained_with
+    assert cfg.small_input is False and "stem_stride" not in cfg.model_options
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stem_stride" in lines[0] and "recipe" in lines[0]
+
+
+def test_the_recorded_command_rebuilds_the_options(trained_with, capsys):
+    argv = ["nin", "--epochs", "2", "--no-flip", "--lr", "0.1", "--model-option", "x=1"]
+    assert cli(argv, capsys)[0] == 0
+    ((cfg, kwargs),) = trained_with
+    assert kwargs["command"] == "convzoo train " + " ".join(
+        ["nin", "--epochs", "2", "--lr", "0.1", "--no-flip", "--model-option", "x=1"]
+    )
+    assert (cfg.epochs, cfg.flip, cfg.lr, cfg.model_options) == (2, False, 0.1, {"x": 1})
+
+
+def test_resume_hands_over_only_the_options_that_may_change(tmp_path, trained_with, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(TrainConfig("nin", epochs=3).to_dict()))
+    code, _, err = cli(["nin", "--resume", str(run), "--threads", "1", "--epochs", "3"], capsys)
+    assert code == 0, err
+    ((cfg, kwargs),) = trained_with
+    assert kwargs["resume"] == str(run) and cfg.threads == 1 and cfg.epochs is None
+    assert_usage_error(cli(["nin", "--resume", str(run), "--recipe", "fast"], capsys), "--recipe")

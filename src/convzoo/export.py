@@ -13,21 +13,30 @@ before it is put in place; a file that does not match is never written.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
-import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .artifacts import (
+    CHECKPOINT_DIR,
+    MODEL_META_KEYS,
+    atomic_path,
+    find_checkpoint,
+    load_checkpoint,
+    model_meta,
+    read_safetensors_header,
+    refuse_overwrite,
+    write_model_safetensors,
+)
 from .errors import CheckpointError, ConfigError, ConvzooError
+from .onnx_io import exportable, onnx_export, quiet_exporters
+from .registry import model_from_checkpoint, model_from_safetensors
 
 __all__ = [
     "FORMATS",
-    "DEFAULT_NAMES",
+    "EXTENSIONS",
     "ExportCheckError",
     "checkpoint_metadata",
     "export_checkpoint",
@@ -35,15 +44,14 @@ __all__ = [
     "export_safetensors",
     "export_torchscript",
     "load_safetensors",
+    "read_onnx_metadata",
     "read_safetensors_metadata",
 ]
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-DEFAULT_NAMES = {
-    "onnx": "model.onnx",
-    "torchscript": "model.torchscript.pt",
-    "safetensors": "model.safetensors",
-}
+# File name endings; a plain export is model-<checkpoint>.<ending> beside the run's files
+# (model-best.onnx, model-last.safetensors), never the model.safetensors training wrote.
+EXTENSIONS = {"onnx": "onnx", "torchscript": "torchscript.pt", "safetensors": "safetensors"}
 METADATA_FORMAT = "convzoo-model/1"
 TORCHSCRIPT_EXTRA = "convzoo.json"
 # Tolerance of the onnxruntime check: |onnx - torch| <= ATOL + RTOL * |torch|.
@@ -106,40 +114,6 @@ def _metadata_from_strings(strings: dict[str, str]) -> dict:
 # -- helpers ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet():
-    # The exporters warn about tracing Python conditions (input-size checks) and about
-    # their own deprecations; none of it is the user's business.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path):
-    """Yield a temporary path next to ``path``; rename it into place if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def _exportable(model: nn.Module):
-    """``model`` in eval mode on the CPU for the block (a CPU copy if it lives elsewhere);
-    the caller's model gets its modes back afterwards."""
-    from .evaluate import eval_mode
-
-    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
-        model = copy.deepcopy(model).cpu()
-    with eval_mode(model), torch.no_grad():
-        yield model
-
-
 def _example(input_size, batch: int = 2) -> Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.randn(batch, *input_size, generator=gen)
@@ -152,39 +126,6 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
 
 
 # -- ONNX -------------------------------------------------------------------------------
-
-
-def _onnx_export(model: nn.Module, example: Tensor, path: Path) -> None:
-    kwargs = dict(
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
-    # The TorchScript-based exporter is an order of magnitude faster on these small
-    # convolutional graphs; the torch.export-based one is the fallback.
-    first_error: Exception | None = None
-    with _quiet():
-        try:
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=17, **kwargs
-            )
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure: try the other exporter
-            first_error = exc
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=True,
-                verbose=False,
-                external_data=False,
-                **kwargs,
-            )
-        except Exception as exc:
-            raise RuntimeError(
-                f"ONNX export failed with both exporters: {first_error}; then: {exc}"
-            ) from exc
 
 
 def _check_onnx(path: Path, model: nn.Module, batches: list[Tensor]) -> float:
@@ -241,8 +182,8 @@ def export_onnx(
         check_input.detach().float().cpu() if check_input is not None else _example(input_size, 8)
     )
     batches = [check, check[:3] if check.shape[0] > 3 else _example(input_size, 5)]
-    with _exportable(model) as model, _atomic_path(path) as tmp:
-        _onnx_export(model, _example(input_size, 2), tmp)
+    with exportable(model) as model, atomic_path(path) as tmp:
+        onnx_export(model, _example(input_size, 2), tmp)
         proto = onnx.load(str(tmp))
         props = {"producer": "convzoo", **_metadata_strings(metadata or {})}
         onnx.helper.set_model_props(proto, props)
@@ -277,8 +218,8 @@ def export_torchscript(
     """
     path = Path(path)
     input_size = tuple(int(s) for s in input_size)
-    with _exportable(model) as model:
-        with _quiet():
+    with exportable(model) as model:
+        with quiet_exporters():
             traced = torch.jit.trace(model, _example(input_size, 2), check_trace=False)
         other = _example(input_size, 3)
         # Without the profiling executor's optimisation passes the check runs in a
@@ -290,7 +231,7 @@ def export_torchscript(
                 "TorchScript check failed: the traced model differs from PyTorch"
             )
     extra = {TORCHSCRIPT_EXTRA: json.dumps(metadata or {})}
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp), _extra_files=extra)
     return path
 
@@ -299,78 +240,42 @@ def export_torchscript(
 
 
 def export_safetensors(model: nn.Module, path, *, metadata: dict) -> Path:
-    """Save ``model``'s state dict as safetensors with ``metadata`` to rebuild it.
-
-    ``metadata`` must hold ``model_name`` and ``model_options`` (the
-    :func:`convzoo.get_model` arguments); it is stored as JSON under the key
-    ``convzoo`` of the file's metadata, next to ``format: pt`` (the layout of the
-    ``model.safetensors`` that ``convzoo train`` writes). See :func:`load_safetensors`.
+    """Save ``model``'s state dict as safetensors with ``metadata`` to rebuild it, in the
+    one layout of convzoo's safetensors files (:func:`convzoo.artifacts.write_model_safetensors`,
+    keys :data:`convzoo.artifacts.MODEL_META_KEYS`; ``model_name`` and ``model_options``
+    are required). See :func:`load_safetensors`.
     """
-    from safetensors.torch import save_file
-
-    for key in ("model_name", "model_options"):
-        if key not in metadata:
-            raise ValueError(f"safetensors metadata needs {key!r}")
-    path = Path(path)
-    # Cloned and contiguous: safetensors refuses tensors that share storage.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with _atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "convzoo": json.dumps(metadata)})
-    return path
+    return write_model_safetensors(path, model.state_dict(), model_meta(**metadata))
 
 
 def read_safetensors_metadata(path) -> dict:
     """The convzoo metadata of a safetensors file; CheckpointError if it has none."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no such file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            strings = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    try:
-        metadata = json.loads(strings["convzoo"])
-    except (KeyError, TypeError, json.JSONDecodeError):
-        metadata = None
-    if (
-        not isinstance(metadata, dict)
-        or "model_name" not in metadata
-        or not isinstance(metadata.get("model_options"), dict)
-    ):
-        raise CheckpointError(f"{path} has no convzoo model description in its metadata")
-    return metadata
+    return read_safetensors_header(path)[0]
 
 
 def load_safetensors(path) -> nn.Module:
-    """Rebuild the model saved by :func:`export_safetensors`, weights loaded, in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .train.checkpoint import model_from_weights
-
-    metadata = read_safetensors_metadata(path)
-    try:
-        weights = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    try:
-        # built on the meta device and checked against the weights first (see there)
-        return model_from_weights(metadata["model_name"], metadata["model_options"], weights)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    """Rebuild the model saved by :func:`export_safetensors`, weights loaded, in eval mode
+    (shapes checked against the header before any tensor is read)."""
+    return model_from_safetensors(path)[0]
 
 
 # -- from a checkpoint ------------------------------------------------------------------
 
 
-def default_output(checkpoint_path: Path, fmt: str) -> Path:
-    """``model.<ext>`` in the run directory of ``checkpoint_path``."""
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run directory a checkpoint belongs to (its folder for a loose file)."""
     parent = checkpoint_path.parent
-    run_dir = parent.parent if parent.name == "checkpoints" else parent
-    return run_dir / DEFAULT_NAMES[fmt]
+    return parent.parent if parent.name == CHECKPOINT_DIR else parent
+
+
+def default_name(checkpoint_path: Path, fmt: str) -> str:
+    """``model-<checkpoint>.<ext>``: says which weights it holds (model-best.onnx)."""
+    return f"model-{checkpoint_path.stem}.{EXTENSIONS[fmt]}"
+
+
+def default_output(checkpoint_path: Path, fmt: str) -> Path:
+    """``model-<checkpoint>.<ext>`` in the run directory of ``checkpoint_path``."""
+    return run_dir_of(checkpoint_path) / default_name(checkpoint_path, fmt)
 
 
 def _real_batch(ckpt: dict, n: int = 8) -> Tensor | None:
@@ -398,24 +303,25 @@ def _real_batch(ckpt: dict, n: int = 8) -> Tensor | None:
 def export_checkpoint(target, fmt: str, out=None, *, which: str = "best") -> Path:
     """Export the model of a run directory or checkpoint file; returns the written path.
 
-    ``out`` defaults to ``model.onnx`` / ``model.torchscript.pt`` / ``model.safetensors``
-    in the run directory; an existing directory gets that name inside it. The input
-    checkpoint is never overwritten. The ONNX check runs on a batch of real test images
-    when the dataset can be found, else on random input.
+    ``out`` defaults to ``model-<checkpoint>.onnx`` / ``.torchscript.pt`` /
+    ``.safetensors`` in the run directory (e.g. ``model-best.onnx``); an existing
+    directory gets that name inside it. No file of the run (its checkpoints,
+    ``config.json``, ``result.json``, ``metrics.jsonl``, ``model.safetensors``) is ever
+    overwritten. The ONNX check runs on a batch of real test images when the dataset can
+    be found, else on random input.
     """
-    from .train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     ckpt_path = Path(find_checkpoint(target, which))
     out = Path(out) if out is not None else default_output(ckpt_path, fmt)
     if out.is_dir():
-        out = out / DEFAULT_NAMES[fmt]
+        out = out / default_name(ckpt_path, fmt)
     if out.exists() and out.resolve() == ckpt_path.resolve():
-        raise ConfigError(f"refusing to overwrite the input checkpoint {ckpt_path}")
+        raise ConfigError(
+            f"refusing to overwrite the input checkpoint {ckpt_path}; choose another --out"
+        )
+    refuse_overwrite(out, [run_dir_of(ckpt_path)], "--out")
     ckpt = load_checkpoint(ckpt_path)
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{ckpt_path} is not a convzoo checkpoint")
     metadata = checkpoint_metadata(ckpt)
     model = model_from_checkpoint(ckpt).cpu()
     if fmt == "onnx":
@@ -428,4 +334,6 @@ def export_checkpoint(target, fmt: str, out=None, *, which: str = "best") -> Pat
         )
     if fmt == "torchscript":
         return export_torchscript(model, out, input_size=metadata["input_size"], metadata=metadata)
-    return export_safetensors(model, out, metadata=metadata)
+    meta = {k: metadata[k] for k in MODEL_META_KEYS if k in metadata}
+    meta["ema"] = ckpt.get("ema") is not None
+    return export_safetensors(model, out, metadata=meta)

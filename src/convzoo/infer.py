@@ -19,8 +19,8 @@ channels-last memory, and an onnxruntime backend.
   ``conv_block``) cannot be folded and is kept. ``compile=True`` adds ``torch.compile``
   (inductor, with weight freezing) on top; it is off by default because compiling
   takes tens of seconds on a small CPU and recompiles for every new batch size.
-* ``"onnxruntime"``: the model exported with :mod:`convzoo.export`'s ONNX exporter
-  and run by an onnxruntime CPU session with ``threads`` intra-op threads; called
+* ``"onnxruntime"``: the model exported with :mod:`convzoo.onnx_io` (the exporter
+  ``convzoo export`` uses) and run by an onnxruntime CPU session with ``threads`` intra-op threads; called
   with a torch tensor, it returns a torch tensor.
 
 All three compute the same function: outputs agree with the eager model to 1e-4
@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import synchronize
 from .errors import ConfigError, ConvzooError, ModelError
 
 __all__ = [
@@ -58,7 +59,11 @@ __all__ = [
     "FusedConv2d",
     "OnnxRuntimeModel",
     "ScaleShift",
+    "classify_images",
+    "evaluate_test_set",
     "fold_report",
+    "load_images",
+    "load_trained",
     "max_relative_error",
     "measure_throughput",
     "optimize",
@@ -495,12 +500,12 @@ def _build_onnxruntime(model: nn.Module, example: Tensor, threads: int) -> OnnxR
         raise ConvzooError(
             "the onnxruntime backend needs onnx and onnxruntime: pip install 'convzoo[onnx]'"
         ) from None
-    from .export import _exportable, _onnx_export
+    from .onnx_io import exportable, onnx_export
 
     with tempfile.TemporaryDirectory(prefix="convzoo-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
-        with _exportable(model) as m:
-            _onnx_export(m, example[:2].detach().float().cpu().contiguous(), path)
+        with exportable(model) as m:
+            onnx_export(m, example[:2].detach().float().cpu().contiguous(), path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -511,6 +516,125 @@ def _build_onnxruntime(model: nn.Module, example: Tensor, threads: int) -> OnnxR
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     return OnnxRuntimeModel(session, threads)
+
+
+# -- a trained model ---------------------------------------------------------------------
+
+# What a checkpoint's "data" entry must say for its model to be used on new images.
+DATA_KEYS = ("dataset", "classes", "mean", "std", "image_size", "in_channels")
+
+
+def load_trained(
+    target, *, which: str = "best", use_ema: bool = True, device: str | torch.device = "auto"
+) -> tuple[Path, dict, nn.Module, torch.device]:
+    """(checkpoint path, checkpoint dict, model in eval mode on the device, device) of a
+    run directory or checkpoint file, read through :mod:`convzoo.artifacts` and rebuilt
+    through :mod:`convzoo.registry` (EMA weights when present, unless ``use_ema`` is
+    false). :class:`~convzoo.errors.CheckpointError` when there is nothing usable."""
+    from .artifacts import find_checkpoint, load_checkpoint
+    from .device import resolve_device
+    from .errors import CheckpointError
+    from .registry import model_from_checkpoint
+
+    device = resolve_device(device)
+    path = Path(find_checkpoint(target, which))
+    ckpt = load_checkpoint(path)
+    data = ckpt.get("data")
+    if not isinstance(data, dict) or any(k not in data for k in DATA_KEYS):
+        raise CheckpointError(
+            f"{path} lacks the description of its training data; give a checkpoint written "
+            "by `convzoo train`"
+        )
+    model = model_from_checkpoint(ckpt, use_ema=use_ema).to(device).eval()
+    return path, ckpt, model, device
+
+
+def evaluate_test_set(
+    model: nn.Module,
+    ckpt: dict,
+    device: torch.device,
+    *,
+    backend: str = "fast",
+    tta: bool = False,
+    data_dir=None,
+    batch_size: int = 512,
+):
+    """The :class:`~convzoo.evaluate.EvalResult` of ``model`` (from :func:`load_trained`)
+    on the test set of the data it was trained on, run through ``backend``."""
+    from .data.loader import Loader
+    from .evaluate import evaluate, load_training_data
+
+    data = ckpt["data"]
+    ds = load_training_data(data, data_dir)
+    loader = Loader(
+        ds.test_images,
+        ds.test_labels,
+        batch_size=batch_size,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+    runner = optimize(model, next(iter(loader))[0], backend)
+    return evaluate(runner, loader, len(data["classes"]), tta=tta)
+
+
+def load_images(paths: list[str], data: dict) -> Tensor:
+    """uint8 (N, C, H, W): each image file converted as the training images were
+    (``data`` is a checkpoint's data entry)."""
+    from .data.datasets import load_image
+    from .errors import DataError
+
+    size = tuple(int(s) for s in data["image_size"])
+    images = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"{name}: no such image file; give the path of a PNG or JPEG file")
+        images.append(load_image(path, int(data["in_channels"]), size))
+    return torch.stack(images)
+
+
+def classify_images(
+    model: nn.Module,
+    ckpt: dict,
+    device: torch.device,
+    paths: list[str],
+    *,
+    backend: str = "fast",
+    tta: bool = False,
+    topk: int = 3,
+) -> list[dict[str, Any]]:
+    """The ``topk`` classes of each image file: ``{"image", "top": [{"class", "index",
+    "probability"}, ...]}`` per file, in order."""
+    from .data.loader import Loader
+    from .evaluate import predict_logits
+
+    data = ckpt["data"]
+    classes = [str(c) for c in data["classes"]]
+    images = load_images(paths, data)
+    loader = Loader(
+        images,
+        torch.zeros(len(images), dtype=torch.long),
+        batch_size=256,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+    runner = optimize(model, next(iter(loader))[0], backend)
+    logits, _ = predict_logits(runner, loader, tta=tta)
+    probs, indices = logits.softmax(dim=1).topk(min(topk, len(classes)), dim=1)
+    return [
+        {
+            "image": name,
+            "top": [
+                {"class": classes[int(i)], "index": int(i), "probability": float(p)}
+                for p, i in zip(ps, ids, strict=True)
+            ],
+        }
+        for name, ps, ids in zip(paths, probs, indices, strict=True)
+    ]
 
 
 # -- the entry point --------------------------------------------------------------------
@@ -592,11 +716,6 @@ def outputs_match(got: Tensor, ref: Tensor) -> bool:
     return max_relative_error(got, ref) <= RTOL
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_throughput(
     model_or_callable: nn.Module | Callable[[Tensor], Any],
     example_input: Tensor,
@@ -608,7 +727,7 @@ def measure_throughput(
     ``repeats`` timed ones (in ``torch.inference_mode``; a module is put in eval mode
     for the measurement and given its modes back afterwards).
 
-    Returns a dict: ``images_per_s`` (batch size / median latency), ``latency_ms``
+    Returns a dict: ``images_per_second`` (batch size / median latency), ``latency_ms``
     (median seconds per batch, in ms), ``latency_min_ms``, ``latency_max_ms``,
     ``batch_size``, ``repeats``, ``warmup``, ``times_s`` (every timed call).
     """
@@ -627,16 +746,16 @@ def measure_throughput(
     with ctx, torch.inference_mode():
         for _ in range(warmup):
             fn(example_input)
-            _sync(device)
+            synchronize(device)
         for _ in range(repeats):
             start = time.perf_counter()
             fn(example_input)
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     batch = int(example_input.shape[0])
     return {
-        "images_per_s": batch / median if median > 0 else math.inf,
+        "images_per_second": batch / median if median > 0 else math.inf,
         "latency_ms": median * 1e3,
         "latency_min_ms": min(times) * 1e3,
         "latency_max_ms": max(times) * 1e3,

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from convzoo import get_model
+from convzoo.artifacts import model_meta
 from convzoo.cli import main
 from convzoo.data.datasets import CIFAR10_CLASSES, load_dataset, read_cifar_tarball
 from convzoo.errors import CheckpointError, DataError, ModelError
@@ -126,6 +127,7 @@ KINDS = [
 ]
 
 
+@pytest.mark.slow
 def test_the_payloads_work(tmp_path):
     """Without protection each payload does run (so the tests below can fail)."""
     lines = []
@@ -200,6 +202,7 @@ def test_commands_refuse_a_checkpoint_that_runs_code(tmp_path, capsys, tally, co
     assert "arbitrary code" in err, err
     assert not marker.exists()
     assert not (run / "model.safetensors").exists()
+    assert not (run / "model-best.safetensors").exists()
     tally.input("checkpoint that runs code (CLI)")
 
 
@@ -214,6 +217,7 @@ def test_resume_does_not_fall_back_onto_a_hostile_checkpoint(tmp_path, capsys, t
     tally.input("checkpoint that runs code (CLI)")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_in_a_subprocess_exits_2(tmp_path, tally):
     """The same at the process level: `python -m convzoo eval EVIL.pt`."""
     marker = tmp_path / "ran"
@@ -235,6 +239,7 @@ def test_a_checkpoint_in_a_subprocess_exits_2(tmp_path, tally):
 # ------------------------------------------------------------------ safetensors
 
 
+@pytest.mark.slow
 def test_safetensors_round_trip(tmp_path):
     torch.manual_seed(1)
     model = get_model("resnet18", num_classes=7, in_channels=3, small_input=True, width=0.125)
@@ -247,7 +252,8 @@ def test_safetensors_round_trip(tmp_path):
     meta = {"model_name": "resnet18", "model_options": {"num_classes": 7, "in_channels": 3,
             "small_input": True, "width": 0.125}, "classes": list("abcdefg")}  # fmt: skip
     path = export_safetensors(model, tmp_path / "m.safetensors", metadata=meta)
-    assert read_safetensors_metadata(path) == meta
+    # the one schema: every MODEL_META_KEYS key, those not given are null
+    assert read_safetensors_metadata(path) == model_meta(**meta)
     back = load_safetensors(path)
     assert back.training is False
     want, got = model.state_dict(), back.state_dict()
@@ -264,7 +270,7 @@ def test_safetensors_export_of_a_checkpoint(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     save_checkpoint(good_state(), ckpt)
     out = export_checkpoint(tmp_path / "run", "safetensors")
-    assert out == tmp_path / "run" / "model.safetensors"
+    assert out == tmp_path / "run" / "model-best.safetensors"  # not training's model.safetensors
     model = load_safetensors(out)
     want = model_from_checkpoint(load_checkpoint(ckpt))
     for k, v in want.state_dict().items():

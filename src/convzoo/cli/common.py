@@ -1,4 +1,4 @@
-"""Argument types shared by several commands."""
+"""Argument types shared by several commands, the start of the process and the command line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import argparse
 import os
 import shlex
 import time
+
+from ..errors import ConfigError
+from ..train.config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Number
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -22,26 +25,27 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def _number(kind: type, name: str, minimum: float, strict: bool):
-    """An argparse type: a ``kind`` number above (``strict``) or at least ``minimum``."""
+def _number(rule: Number, name: str):
+    """An argparse type: a number that ``rule`` accepts (finite, in its range)."""
 
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not (value > minimum if strict else value >= minimum):
-            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+            value = rule.convert(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        problem = rule.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
-    parse.__name__ = name.replace(" ", "_")
+    parse.__name__ = name
     return parse
 
 
-positive_int = _number(int, "a positive integer", 0, strict=True)
-positive_float = _number(float, "a positive number", 0.0, strict=True)
-non_negative_int = _number(int, "a whole number >= 0", 0, strict=False)
-non_negative_float = _number(float, "a number >= 0", 0.0, strict=False)
+positive_int = _number(POSITIVE_INT, "positive_int")
+positive_float = _number(POSITIVE, "positive_float")
+non_negative_int = _number(NON_NEGATIVE_INT, "non_negative_int")
+non_negative_float = _number(NON_NEGATIVE, "non_negative_float")
 
 
 def add_model_shape_arguments(p) -> None:
@@ -54,14 +58,18 @@ def add_model_shape_arguments(p) -> None:
         metavar="CxHxW",
         help="input size (default: 3x224x224, or 1x28x28 with --small-input)",
     )
-    p.add_argument("--small-input", action="store_true", help="the 28-32 px form")
+    p.add_argument(
+        "--small-input", action="store_true", help="the 28-32 px form (default: faithful form)"
+    )
     p.add_argument(
         "--num-classes",
         type=positive_int,
         default=None,
         help="default: 1000, or 10 with --small-input",
     )
-    p.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier")
+    p.add_argument(
+        "--width", type=positive_float, default=1.0, help="channel multiplier (default: 1)"
+    )
 
 
 def model_shape(args) -> tuple[tuple[int, int, int], int]:
@@ -91,4 +99,5 @@ def process_start() -> float:
 
 
 def command_line(argv: list[str]) -> str:
+    """``convzoo ARGV...`` as a shell would read it back."""
     return shlex.join(["convzoo", *argv])

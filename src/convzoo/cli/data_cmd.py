@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..data import locate
+from .common import positive_float
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="find datasets (where) or download them (fetch)")
@@ -18,7 +21,11 @@ def register(sub) -> None:
         "it (exit 2). Without DATASET, a table of every known dataset.",
     )
     w.add_argument("dataset", nargs="?", help="fashion-mnist, mnist, cifar10 or an image folder")
-    w.add_argument("--data-dir", help="search this folder first")
+    w.add_argument(
+        "--data-dir",
+        help="search this folder first (default: $CONVZOO_DATA, the user cache, then "
+        "system-wide copies)",
+    )
     w.set_defaults(run=run_where)
 
     f = actions.add_parser(
@@ -34,7 +41,13 @@ def register(sub) -> None:
         "(default: $CONVZOO_MIRROR; '{dataset}' is replaced by the dataset name)",
     )
     f.add_argument("--dest", help="folder to download into (default: the user cache)")
-    f.add_argument("--timeout", type=float, default=None, help="network timeout in seconds")
+    f.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help=f"network timeout in seconds (default: {locate.CONNECT_TIMEOUT:g})",
+    )
     f.set_defaults(run=run_fetch)
 
 
@@ -46,7 +59,6 @@ def _known(name: str) -> str | None:
 
 
 def run_where(args) -> int:
-    from ..data import locate
     from ..data.datasets import DATASET_NAMES
     from ..errors import DataError
 
@@ -82,7 +94,6 @@ def run_where(args) -> int:
 
 
 def run_fetch(args) -> int:
-    from ..data import locate
     from ..errors import DataError
 
     key = _known(args.dataset)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 from .common import positive_int
 
@@ -29,7 +27,8 @@ def add_model_arguments(p) -> None:
     p.add_argument(
         "--no-ema",
         action="store_true",
-        help="use the raw weights even when the checkpoint has EMA weights",
+        help="use the raw weights even when the checkpoint has EMA weights (default: EMA "
+        "weights when present)",
     )
     p.add_argument(
         "--device",
@@ -68,7 +67,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model on its dataset's test set")
     add_model_arguments(p)
     add_tta_argument(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     p.add_argument(
         "--data-dir",
         default=None,
@@ -85,41 +84,12 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_device(name: str):
-    """'auto' -> cuda when available, else cpu; cuda without a CUDA device is a ConfigError."""
-    import torch
-
-    from ..errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return torch.device(name)
-
-
 def load_trained(args):
-    """(checkpoint path, checkpoint dict, model in eval mode on the device, device)."""
-    from ..errors import CheckpointError
-    from ..train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+    """(checkpoint path, checkpoint dict, model in eval mode on the device, device) of the
+    options of :func:`add_model_arguments`."""
+    from ..infer import load_trained as load
 
-    device = resolve_device(args.device)
-    path = Path(find_checkpoint(args.target, args.which))
-    ckpt = load_checkpoint(path)
-    data = ckpt.get("data")
-    needed = ("dataset", "classes", "mean", "std", "image_size", "in_channels")
-    if not isinstance(data, dict) or any(k not in data for k in needed):
-        raise CheckpointError(f"{path} lacks the description of its training data")
-    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device).eval()
-    return path, ckpt, model, device
-
-
-def for_inference(model, example, backend: str):
-    """``model`` prepared by convzoo.infer for ``backend``, laid out for batches like
-    ``example``."""
-    from ..infer import optimize
-
-    return optimize(model, example, backend)
+    return load(args.target, which=args.which, use_ema=not args.no_ema, device=args.device)
 
 
 def _pct(x: float) -> str:
@@ -144,25 +114,22 @@ def format_report(result, classes: list[str]) -> str:
 
 
 def run(args) -> int:
-    from ..data.loader import Loader
-    from ..evaluate import evaluate, load_training_data
+    from ..artifacts import to_json
+    from ..infer import evaluate_test_set
 
     path, ckpt, model, device = load_trained(args)
     data = ckpt["data"]
-    ds = load_training_data(data, args.data_dir)
-    loader = Loader(
-        ds.test_images,
-        ds.test_labels,
-        batch_size=args.batch_size,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
-    )
     classes = [str(c) for c in data["classes"]]
-    model = for_inference(model, next(iter(loader))[0], args.backend)
     tta = resolve_tta(args, ckpt)
-    result = evaluate(model, loader, len(classes), tta=tta)
+    result = evaluate_test_set(
+        model,
+        ckpt,
+        device,
+        backend=args.backend,
+        tta=tta,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+    )
     if args.json:
         out = {
             "checkpoint": str(path),
@@ -174,7 +141,7 @@ def run(args) -> int:
             "classes": classes,
             **result.to_dict(),
         }
-        print(json.dumps(out))
+        print(to_json(out, indent=None))
         return 0
     print(
         f"checkpoint  {path}  ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}, "

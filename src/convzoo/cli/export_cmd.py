@@ -12,13 +12,14 @@ def register(sub) -> None:
         metavar="RUN_DIR|CHECKPOINT",
         help="a run directory written by `convzoo train`, or a checkpoint file",
     )
-    p.add_argument("--format", required=True, choices=FORMATS, help="the file format")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the file format (required)")
     p.add_argument(
         "--out",
         default=None,
         metavar="FILE",
-        help="output file (default: model.onnx, model.torchscript.pt or "
-        "model.safetensors in the run directory)",
+        help="output file, or a folder (default: model-<which>.onnx, "
+        "model-<which>.torchscript.pt or model-<which>.safetensors in the run directory; "
+        "never one of the run's own files)",
     )
     p.add_argument(
         "--which",

@@ -7,7 +7,11 @@ def register(sub) -> None:
     p = sub.add_parser("list", help="list the models with their parameter counts")
     p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'resnet*'")
     p.add_argument("--num-classes", type=int, default=1000, help="default: 1000")
-    p.add_argument("--small-input", action="store_true", help="count the small-input forms")
+    p.add_argument(
+        "--small-input",
+        action="store_true",
+        help="count the small-input forms (default: the faithful forms)",
+    )
     p.set_defaults(run=run)
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .common import positive_int
 from .eval_cmd import add_model_arguments, add_tta_argument
 
@@ -21,72 +18,34 @@ def register(sub) -> None:
         help="how many classes to show per image (default: 3)",
     )
     add_tta_argument(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     p.set_defaults(run=run)
 
 
-def load_images(paths: list[str], data: dict):
-    """uint8 (N, C, H, W): each file converted as the training images were."""
-    import torch
-
-    from ..data.datasets import load_image
-    from ..errors import DataError
-
-    size = tuple(int(s) for s in data["image_size"])
-    images = []
-    for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise DataError(f"{name}: no such image file")
-        images.append(load_image(path, int(data["in_channels"]), size))
-    return torch.stack(images)
-
-
 def run(args) -> int:
-    import torch
-
-    from ..data.loader import Loader
-    from ..evaluate import predict_logits
-    from .eval_cmd import for_inference, load_trained, resolve_tta
+    from ..artifacts import to_json
+    from ..infer import classify_images
+    from .eval_cmd import load_trained, resolve_tta
 
     path, ckpt, model, device = load_trained(args)
-    data = ckpt["data"]
-    classes = [str(c) for c in data["classes"]]
-    images = load_images(args.images, data)
-    loader = Loader(
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        batch_size=256,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
+    classes = [str(c) for c in ckpt["data"]["classes"]]
+    predictions = classify_images(
+        model,
+        ckpt,
+        device,
+        args.images,
+        backend=args.backend,
+        tta=resolve_tta(args, ckpt),
+        topk=args.topk,
     )
-    model = for_inference(model, next(iter(loader))[0], args.backend)
-    logits, _ = predict_logits(model, loader, tta=resolve_tta(args, ckpt))
-    k = min(args.topk, len(classes))
-    probs, indices = logits.softmax(dim=1).topk(k, dim=1)
-    predictions = [
-        {
-            "image": name,
-            "top": [
-                {"class": classes[int(i)], "index": int(i), "probability": float(p)}
-                for p, i in zip(ps, ids, strict=True)
-            ],
-        }
-        for name, ps, ids in zip(args.images, probs, indices, strict=True)
-    ]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "checkpoint": str(path),
-                    "model": ckpt.get("model_name"),
-                    "backend": args.backend,
-                    "predictions": predictions,
-                }
-            )
-        )
+        out = {
+            "checkpoint": str(path),
+            "model": ckpt.get("model_name"),
+            "backend": args.backend,
+            "predictions": predictions,
+        }
+        print(to_json(out, indent=None))
         return 0
     width = max(len(c) for c in classes)
     for pred in predictions:

@@ -4,20 +4,29 @@ A :class:`TrainConfig` holds every choice of a run. ``config.json`` in the run
 directory is its full dump after resolution (no ``None`` left where a value was
 chosen automatically). Recipes are TOML files whose top-level keys are the same field
 names; precedence is defaults < recipe < explicit options.
+
+Each field declares itself once, in its metadata (an :class:`Option`): its help text,
+its flag, its group, its choices and the values it takes (a :class:`Number` range, a
+parser for text such as ``5m`` or ``10%``). ``convzoo train``'s flags, the subsets other
+commands take (:mod:`convzoo.cli.options`), :func:`check_config` and :func:`to_argv`
+are all derived from that declaration.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .schedule import SCHEDULES
+from .schedule import SCHEDULES, parse_duration
 
 try:  # Python >= 3.11
     import tomllib
@@ -31,60 +40,433 @@ DEFAULT_EPOCHS = 10
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 DEFAULT_ONECYCLE_WARMUP = 0.3
+DEFAULT_EMA = 0.999  # the decay of a bare --ema
 
 # Keys a recipe may not set: they name the run, not how to train.
 NOT_IN_RECIPES = ("model", "recipe", "out", "resume", "quiet")
 # Options that may be given again when a run is resumed: they change where and how the
 # rest of the run is computed, not what (device and threads may change the last bits).
 # sync_bn may be switched on when a run continues on more processes than it began on.
+# The one list: `convzoo train --resume`, `convzoo compare` (reusing or resuming its
+# runs) and the trainer all use it.
 RESUME_OPTIONS = ("quiet", "threads", "save_every_steps", "data_dir", "device", "sync_bn")
+# get_model arguments that have their own flag (or come from the dataset): a
+# --model-option may not set them.
+MODEL_ARGUMENT_FLAGS = {
+    "width": "--width",
+    "small_input": "--small-input / --no-small-input",
+    "num_classes": None,  # from the dataset
+    "in_channels": None,  # from the dataset
+}
+# Family options that only the small-input form takes (its stem): a recipe's value is
+# dropped, with one line, when the run asks for the faithful form.
+SMALL_INPUT_ONLY_OPTIONS = ("stem_stride",)
+# Images at least this large get the faithful form when small_input is left to choose
+# (the trainer's rule: small-input below 64 px).
+FAITHFUL_FROM_PX = 64
+
+# Option groups, in the order `convzoo train --help` shows them.
+GROUPS = ("data", "length", "model", "optimisation", "augmentation", "machine", "run")
+
+
+# -- the declaration of an option ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Number:
+    """The values a numeric option takes; the argparse type and :func:`check_config`
+    both use it, so that the command line and a recipe accept the same numbers.
+
+    Every value must be finite. ``low``/``high`` bound it (``None``: no bound), open
+    (strict) unless ``low_closed``/``high_closed``; ``zero`` also admits 0 (e.g. EMA
+    decay: 0 is off).
+    """
+
+    kind: type = float  # int or float
+    low: float | None = 0
+    low_closed: bool = False
+    high: float | None = None
+    high_closed: bool = False
+    zero: bool = False
+
+    def describe(self) -> str:
+        """'a positive integer', 'a number >= 0', 'a number in [0, 1)', ..."""
+        integer = self.kind is int
+        if self.low == 0 and self.high is None and not self.zero:
+            if not self.low_closed:
+                return f"a positive {'integer' if integer else 'number'}"
+            return f"a {'whole number' if integer else 'number'} >= 0"
+        if integer and self.low_closed and self.high_closed:
+            text = f"a whole number from {self.low} to {self.high}"
+        elif self.high is None:
+            text = f"a number {'>=' if self.low_closed else '>'} {self.low:g}"
+        else:
+            left, right = "[("[not self.low_closed], "])"[not self.high_closed]
+            text = f"a number in {left}{self.low:g}, {self.high:g}{right}"
+        return f"0 or {text}" if self.zero else text
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be used (None when it can)."""
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"must be {self.describe()}, got {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        if self.zero and value == 0:
+            return None
+        too_low = self.low is not None and (
+            value < self.low or (value == self.low and not self.low_closed)
+        )
+        too_high = self.high is not None and (
+            value > self.high or (value == self.high and not self.high_closed)
+        )
+        if too_low or too_high:
+            return f"must be {self.describe()}, got {value!r}"
+        return None
+
+    def convert(self, text: str) -> int | float:
+        """The number written in ``text`` (ConfigError when there is none)."""
+        try:
+            return self.kind(text.strip())
+        except (ValueError, OverflowError):
+            raise ConfigError(f"must be {self.describe()}, got {text!r}") from None
+
+
+POSITIVE_INT = Number(int)
+POSITIVE = Number(float)
+NON_NEGATIVE_INT = Number(int, low_closed=True)
+NON_NEGATIVE = Number(float, low_closed=True)
+FRACTION_BELOW_ONE = Number(float, low_closed=True, high=1)
+PROBABILITY = Number(float, low_closed=True, high=1, high_closed=True)
+SEED = Number(int, low_closed=True, high=2**63 - 1, high_closed=True)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a :class:`TrainConfig` field appears on the command line and what it accepts.
+
+    ``action``: ``"value"`` (``--flag VALUE``), ``"bool"`` (``--flag`` / ``--no-flag``),
+    ``"store_true"`` (``--flag``), ``"append"`` (repeatable ``--flag VALUE``) or
+    ``None`` (not a flag). ``parse`` turns text into a value before ``number`` checks it;
+    ``extra`` checks what ``number`` cannot say (returns the problem or None).
+    ``default_text`` is how ``--help`` states a default that is chosen at run time.
+    """
+
+    help: str
+    group: str = "run"
+    number: Number | None = None
+    parse: Callable[[str], Any] | None = None
+    extra: Callable[[Any], str | None] | None = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    flag: str | None = None
+    default_text: str | None = None
+    action: str | None = "value"
+    nargs: str | None = None
+    const: Any = None
+    exclusive: str | None = None  # the mutually exclusive set it belongs to
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` cannot be used (None when it can); None values mean "choose"."""
+        if value is None:
+            return None
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.number is not None:
+            problem = self.number.problem(value)
+            if problem:
+                return problem
+        if self.action in ("bool", "store_true") and not isinstance(value, bool):
+            return f"must be true or false, got {value!r}"
+        return self.extra(value) if self.extra else None
+
+
+def option(default: Any = dataclasses.MISSING, *, factory=None, **kwargs) -> Any:
+    """A dataclass field with its :class:`Option` in the metadata."""
+    meta = {"option": Option(**kwargs)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _share(text: str) -> float:
+    """'10%' -> 0.1; otherwise the number itself."""
+    t = text.strip()
+    if t.endswith("%"):
+        value = NON_NEGATIVE.convert(t[:-1]) / 100
+        if not 0 <= value < 1:
+            raise ConfigError(f"expected a share under 100%, got {text!r}")
+        return value
+    return NON_NEGATIVE.convert(t)
+
+
+def _val_size(text: str) -> float | int:
+    """'5000' (images), '0.1' or '10%' (fraction of the training set)."""
+    value = _share(text)
+    return int(value) if value >= 1 and math.isfinite(value) and value == int(value) else value
+
+
+def _whole_when_one_or_more(value: Any) -> str | None:
+    if value >= 1 and value != int(value):
+        return f"must be a whole number of images (>= 1) or a fraction (< 1), got {value!r}"
+    return None
+
+
+def _milestones(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(POSITIVE.problem(m) is None for m in value):
+        return f"must be a list of positive numbers, got {value!r}"
+    return None
+
+
+def _model_options(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"must be a table of family options, got {value!r}"
+    for key in value:
+        if key in MODEL_ARGUMENT_FLAGS:
+            flag = MODEL_ARGUMENT_FLAGS[key]
+            fix = f"use {flag} instead" if flag else "it comes from the dataset"
+            return f"may not set {key} ({fix})"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else f"must be a non-empty text, got {value!r}"
 
 
 @dataclass
 class TrainConfig:
     """Every option of a training run; ``None`` means "choose for me" until resolved."""
 
-    model: str
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    epochs: int | None = None  # default 10 unless a time budget is given
-    time_budget: float | None = None  # seconds
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float | None = None  # sgd 0.05, adamw 1e-3
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float | None = None  # sgd 5e-4, adamw 0.05
-    schedule: str = "onecycle"
-    warmup: float | None = None  # epochs (>= 1) or fraction of the run (< 1)
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # for "step"
-    gamma: float = 0.1  # for "step"
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    crop_padding: int = 0
-    flip: bool = False
-    erasing: float = 0.0
-    ema: float = 0.0  # decay; 0 is off
-    tta: bool = False
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    threads: int | None = None  # default: all cores (1 with deterministic), shared by ranks
-    sync_bn: bool = False  # batch norm over the global batch in distributed runs
-    limit_train: int | None = None
-    val_size: float | None = None  # images (>= 1) or fraction (< 1)
-    recipe: str | None = None
-    out: str | None = None
-    image_size: int | None = None
-    small_input: bool | None = None
-    width: float = 1.0
-    save_every_steps: int = 0
-    model_options: dict[str, Any] = field(default_factory=dict)
-    quiet: bool = False
+    model: str = option(help="a model name (`convzoo list`)", action=None, extra=_text)
+    dataset: str = option(
+        "fashion-mnist",
+        help="fashion-mnist, mnist, cifar10 or an image folder",
+        group="data",
+        metavar="DATASET",
+        extra=_text,
+    )
+    data_dir: str | None = option(
+        None,
+        help="where to look for the dataset first",
+        group="data",
+        metavar="DIR",
+        default_text="$CONVZOO_DATA, ~/.cache/convzoo, then system-wide copies",
+        extra=_text,
+    )
+    epochs: int | None = option(
+        None,
+        help="epochs",
+        group="length",
+        number=POSITIVE_INT,
+        metavar="EPOCHS",
+        default_text=f"{DEFAULT_EPOCHS}, or the recipe's",
+        exclusive="length",
+    )
+    time_budget: float | None = option(  # seconds
+        None,
+        help="wall-clock budget for the whole run: 90s, 5m, 1h30m or seconds",
+        group="length",
+        number=POSITIVE,
+        parse=parse_duration,
+        metavar="T",
+        default_text="none",
+        exclusive="length",
+    )
+    batch_size: int = option(
+        128, help="images per step", group="optimisation", number=POSITIVE_INT, metavar="N"
+    )
+    optimizer: str = option("sgd", help="the optimizer", group="optimisation", choices=OPTIMIZERS)
+    lr: float | None = option(
+        None,
+        help="peak learning rate",
+        group="optimisation",
+        number=POSITIVE,
+        metavar="LR",
+        default_text="0.05 with sgd, 0.001 with adamw",
+    )
+    momentum: float = option(
+        0.9, help="SGD momentum", group="optimisation", number=FRACTION_BELOW_ONE, metavar="M"
+    )
+    nesterov: bool = option(True, help="Nesterov momentum", group="optimisation", action="bool")
+    weight_decay: float | None = option(
+        None,
+        help="weight decay (on weights, not on biases and norms)",
+        group="optimisation",
+        number=NON_NEGATIVE,
+        metavar="WD",
+        default_text="5e-4 with sgd, 0.05 with adamw",
+    )
+    schedule: str = option(
+        "onecycle", help="learning-rate schedule", group="optimisation", choices=SCHEDULES
+    )
+    warmup: float | None = option(  # epochs (>= 1) or fraction of the run (< 1)
+        None,
+        help="warm-up: epochs (>= 1) or a fraction of the run (0.1 or 10%)",
+        group="optimisation",
+        number=NON_NEGATIVE,
+        parse=_share,
+        metavar="W",
+        default_text=f"{DEFAULT_ONECYCLE_WARMUP} of the run with onecycle, else 0",
+    )
+    milestones: list[float] = option(  # for "step"
+        factory=lambda: [0.5, 0.75],
+        help="fractions of the run where the step schedule multiplies lr by gamma",
+        group="optimisation",
+        action=None,
+        extra=_milestones,
+    )
+    gamma: float = option(
+        0.1, help="the step schedule's factor", group="optimisation", number=POSITIVE, action=None
+    )
+    label_smoothing: float = option(
+        0.0, help="label smoothing", group="optimisation", number=FRACTION_BELOW_ONE, metavar="E"
+    )
+    mixup: float = option(
+        0.0,
+        help="mixup alpha (0 is off)",
+        group="augmentation",
+        number=NON_NEGATIVE,
+        metavar="ALPHA",
+    )
+    cutmix: float = option(
+        0.0,
+        help="cutmix alpha (0 is off)",
+        group="augmentation",
+        number=NON_NEGATIVE,
+        metavar="ALPHA",
+    )
+    crop_padding: int = option(
+        0,
+        help="random crop after zero padding by PX pixels (0 is off)",
+        group="augmentation",
+        number=NON_NEGATIVE_INT,
+        metavar="PX",
+    )
+    flip: bool = option(False, help="random horizontal flips", group="augmentation", action="bool")
+    erasing: float = option(
+        0.0,
+        help="random erasing probability",
+        group="augmentation",
+        number=PROBABILITY,
+        metavar="P",
+    )
+    ema: float = option(  # decay; 0 is off
+        0.0,
+        help=f"keep an EMA of the weights, evaluated and saved (bare --ema: {DEFAULT_EMA}; "
+        "0 is off)",
+        group="optimisation",
+        number=Number(float, low=0.5, low_closed=True, high=1, zero=True),
+        metavar="DECAY",
+        nargs="?",
+        const=DEFAULT_EMA,
+    )
+    tta: bool = option(
+        False,
+        help="also report flip test-time augmentation at the final test",
+        group="augmentation",
+        action="bool",
+    )
+    amp: bool = option(
+        False,
+        help="mixed precision (bf16 on CPU; bf16 or fp16 on CUDA)",
+        group="machine",
+        action="bool",
+    )
+    channels_last: bool = option(
+        False, help="channels-last memory layout", group="machine", action="bool"
+    )
+    compile: bool = option(False, help="torch.compile the model", group="machine", action="bool")
+    seed: int = option(0, help="random seed", group="machine", number=SEED, metavar="SEED")
+    deterministic: bool = option(
+        False,
+        help="deterministic algorithms (one thread unless --threads)",
+        group="machine",
+        action="bool",
+    )
+    device: str = option("auto", help="where to train", group="machine", choices=DEVICES)
+    threads: int | None = option(
+        None,
+        help="CPU threads, shared by the processes of a torchrun",
+        group="machine",
+        number=POSITIVE_INT,
+        metavar="N",
+        default_text="all cores, 1 with --deterministic",
+    )
+    sync_bn: bool = option(
+        False,
+        help="under torchrun: batch norm over the global batch (SyncBatchNorm)",
+        group="machine",
+        action="bool",
+    )
+    limit_train: int | None = option(
+        None,
+        help="use only the first N training images (after the validation split)",
+        group="data",
+        number=POSITIVE_INT,
+        metavar="N",
+        default_text="all",
+    )
+    val_size: float | None = option(  # images (>= 1) or fraction (< 1)
+        None,
+        help="validation images carved from the training set: N, a fraction or N%",
+        group="data",
+        number=NON_NEGATIVE,
+        parse=_val_size,
+        extra=_whole_when_one_or_more,
+        metavar="N",
+        default_text="5000; 10% for folders",
+    )
+    recipe: str | None = option(
+        None,
+        help="recipes/<dataset>/NAME.toml, a .toml path, or 'none'",
+        group="optimisation",
+        metavar="NAME",
+        default_text="the family's recipe for fashion-mnist",
+    )
+    out: str | None = option(
+        None,
+        help="run directory",
+        group="run",
+        metavar="RUN_DIR",
+        default_text="runs/<model>-<dataset>-<time>",
+        extra=_text,
+    )
+    image_size: int | None = option(
+        None,
+        help="resize images to PX x PX (e.g. 224 for the faithful forms)",
+        group="data",
+        number=POSITIVE_INT,
+        metavar="PX",
+        default_text="the dataset's size",
+    )
+    small_input: bool | None = option(
+        None,
+        help="the 28-32 px form",
+        group="model",
+        action="bool",
+        default_text=f"on for images under {FAITHFUL_FROM_PX} px",
+    )
+    width: float = option(
+        1.0, help="channel multiplier", group="model", number=POSITIVE, metavar="WIDTH"
+    )
+    save_every_steps: int = option(
+        0,
+        help="also checkpoint every N steps (0: every epoch only)",
+        group="run",
+        number=NON_NEGATIVE_INT,
+        metavar="N",
+    )
+    model_options: dict[str, Any] = option(
+        factory=dict,
+        help="a family option, e.g. aux_logits=true (repeatable)",
+        group="model",
+        flag="--model-option",
+        metavar="KEY=VALUE",
+        action="append",
+        default_text="none",
+        extra=_model_options,
+    )
+    quiet: bool = option(False, help="no progress output", group="run", action="store_true")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,11 +477,59 @@ class TrainConfig:
         unknown = [k for k in data if k not in names]
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0], names, where))
+        if "model" not in data:
+            raise ConfigError(f"{where} names no model")
         return cls(**data)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot be used."""
         check_config(self)
+
+
+def options() -> list[tuple[str, Option]]:
+    """(field name, :class:`Option`) of every field, in declaration order."""
+    return [(f.name, f.metadata["option"]) for f in dataclasses.fields(TrainConfig)]
+
+
+def option_of(name: str) -> Option:
+    """The :class:`Option` of the field ``name``."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == name:
+            return f.metadata["option"]
+    raise KeyError(name)
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a field: ``--lr``, ``--model-option``, ..."""
+    return option_of(name).flag or "--" + name.replace("_", "-")
+
+
+def field_default(name: str) -> Any:
+    """The default of the field ``name``."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return None
+    raise KeyError(name)
+
+
+def parse_value(name: str, text: str) -> Any:
+    """The value of the field ``name`` written as ``text`` on a command line, checked as
+    :func:`check_config` checks it; :class:`ConfigError` says what is expected."""
+    opt = option_of(name)
+    if opt.parse is not None:
+        value = opt.parse(text)
+    elif opt.number is not None:
+        value = opt.number.convert(text)
+    else:
+        value = text
+    problem = opt.check(value)
+    if problem:
+        raise ConfigError(problem)
+    return value
 
 
 def _unknown_key_message(key: str, names, where: str) -> str:
@@ -108,83 +538,23 @@ def _unknown_key_message(key: str, names, where: str) -> str:
     return f"unknown key {key!r} in {where}{hint}"
 
 
-def _positive(value, what: str, *, integer: bool = False, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{what} must be a {'whole' if integer else ''} number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(
-            f"{what} must be {'at least 0' if allow_zero else 'positive'}, got {value!r}"
-        )
+def field_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the field ``name`` (None when it can)."""
+    return option_of(name).check(value)
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Check types and ranges of every field."""
+    """Check the type and range of every field, as each field's :class:`Option` declares;
+    the message names the flag to change."""
     if not isinstance(cfg.model, str) or not cfg.model:
         raise ConfigError("a model name is required")
-    _positive(cfg.epochs, "epochs", integer=True)
-    _positive(cfg.time_budget, "time budget")
-    _positive(cfg.batch_size, "batch size", integer=True)
-    _positive(cfg.lr, "learning rate")
-    _positive(cfg.weight_decay, "weight decay", allow_zero=True)
-    _positive(cfg.momentum, "momentum", allow_zero=True)
-    _positive(cfg.warmup, "warm-up", allow_zero=True)
-    _positive(cfg.label_smoothing, "label smoothing", allow_zero=True)
-    _positive(cfg.mixup, "mixup alpha", allow_zero=True)
-    _positive(cfg.cutmix, "cutmix alpha", allow_zero=True)
-    _positive(cfg.crop_padding, "crop padding", integer=True, allow_zero=True)
-    _positive(cfg.erasing, "erasing probability", allow_zero=True)
-    _positive(cfg.ema, "EMA decay", allow_zero=True)
-    _positive(cfg.threads, "threads", integer=True)
-    _positive(cfg.limit_train, "limit-train", integer=True)
-    _positive(cfg.val_size, "validation size", allow_zero=True)
-    _positive(cfg.image_size, "image size", integer=True)
-    _positive(cfg.width, "width")
-    _positive(cfg.save_every_steps, "save-every-steps", integer=True, allow_zero=True)
-    _positive(cfg.gamma, "gamma")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed must be a whole number, got {cfg.seed!r}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(
-            f"unknown optimizer {cfg.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
-        )
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(
-            f"unknown schedule {cfg.schedule!r}; expected one of {', '.join(SCHEDULES)}"
-        )
-    if cfg.device not in DEVICES:
-        raise ConfigError(f"unknown device {cfg.device!r}; expected one of {', '.join(DEVICES)}")
-    if cfg.label_smoothing >= 1:
-        raise ConfigError(f"label smoothing must be under 1, got {cfg.label_smoothing}")
-    if cfg.erasing > 1:
-        raise ConfigError(f"erasing probability must be at most 1, got {cfg.erasing}")
-    if cfg.ema >= 1:
-        raise ConfigError(f"EMA decay must be under 1 (e.g. 0.999), got {cfg.ema}")
-    if cfg.momentum >= 1:
-        raise ConfigError(f"momentum must be under 1, got {cfg.momentum}")
-    if not isinstance(cfg.milestones, list) or not all(
-        isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in cfg.milestones
-    ):
-        raise ConfigError(f"milestones must be a list of positive numbers, got {cfg.milestones!r}")
-    if not isinstance(cfg.model_options, dict):
-        raise ConfigError(f"model_options must be a table, got {cfg.model_options!r}")
-    for name in (
-        "nesterov",
-        "flip",
-        "tta",
-        "amp",
-        "channels_last",
-        "compile",
-        "deterministic",
-        "sync_bn",
-        "quiet",
-    ):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ConfigError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
-    if cfg.small_input is not None and not isinstance(cfg.small_input, bool):
-        raise ConfigError(f"small_input must be true or false, got {cfg.small_input!r}")
+    for name, opt in options():
+        value = getattr(cfg, name)
+        problem = opt.check(value)
+        if value is None and field_default(name) is not None:
+            problem = f"needs a value (its default is {field_default(name)!r})"
+        if problem:
+            raise ConfigError(f"{flag_of(name)} {problem}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,7 +601,7 @@ def find_recipe(name: str, dataset: str) -> Path:
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings of a recipe file; ConfigError names any unknown key."""
+    """The settings of a recipe file; ConfigError names any unknown key or unusable value."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -248,10 +618,21 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
         if key not in names:
             raise ConfigError(_unknown_key_message(key, names, f"recipe {path}"))
     if "time_budget" in data and isinstance(data["time_budget"], str):
-        from .schedule import parse_duration
-
         data["time_budget"] = parse_duration(data["time_budget"])
+    for key, value in data.items():
+        problem = field_problem(key, value)
+        if problem:
+            raise ConfigError(f"{key} in recipe {path} {problem}; fix the recipe or use --recipe")
     return data
+
+
+def asks_for_faithful_form(overrides: dict[str, Any]) -> bool:
+    """Whether options ask for the faithful form: ``--no-small-input``, or (left to
+    choose) ``--image-size`` of at least :data:`FAITHFUL_FROM_PX`."""
+    if "small_input" in overrides and overrides["small_input"] is not None:
+        return overrides["small_input"] is False
+    size = overrides.get("image_size")
+    return isinstance(size, int) and not isinstance(size, bool) and size >= FAITHFUL_FROM_PX
 
 
 def build_config(
@@ -259,13 +640,16 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     *,
     recipe: str | None = None,
-    log=None,
+    log: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> TrainConfig:
     """Defaults < recipe < ``overrides``.
 
     ``recipe`` is a name, a path, ``"none"`` (no recipe), or None: for Fashion-MNIST the
     family's recipe ``recipes/fashion-mnist/<family>.toml`` is applied when it exists.
-    ``log`` (a callable taking a line) says which recipe was applied.
+    ``log`` (a callable taking a line) says which recipe was applied; ``note`` (default
+    ``log``) which of its small-input-only model options (:data:`SMALL_INPUT_ONLY_OPTIONS`)
+    were left out because the options ask for the faithful form.
     """
     overrides = dict(overrides or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -290,6 +674,16 @@ def build_config(
     if "dataset" in settings and "dataset" not in overrides:
         dataset = settings["dataset"]
     model_options = dict(settings.pop("model_options", {}) or {})
+    if asks_for_faithful_form({**settings, **overrides}):
+        dropped = [k for k in SMALL_INPUT_ONLY_OPTIONS if k in model_options]
+        for key in dropped:
+            model_options.pop(key)
+        note = note or log
+        if dropped and note:
+            note(
+                f"recipe {applied}: model option {', '.join(dropped)} left out (it applies "
+                "to the small-input form only, and this run uses the faithful form)"
+            )
     model_options.update(overrides.pop("model_options", {}) or {})
     # A recipe gives epochs; a time budget on the command line replaces it (the
     # recipe's epochs still scale the schedule) and explicit epochs replace a budget.
@@ -308,12 +702,70 @@ def parse_option(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
         raise ConfigError(f"model option must look like KEY=VALUE, got {text!r}")
+    problem = _model_options({key: None})
+    if problem:
+        raise ConfigError(f"--model-option {problem}")
     value = value.strip()
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
     return key, parsed
+
+
+def format_option(key: str, value: Any) -> str:
+    """The ``KEY=VALUE`` text that :func:`parse_option` reads back as ``(key, value)``."""
+    if isinstance(value, str):
+        try:
+            reread = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            reread = value
+        if reread == value and "\n" not in value:
+            return f"{key}={value}"
+    return f"{key}={json.dumps(value)}"
+
+
+# ---------------------------------------------------------------------------------------
+# Command lines and resume
+
+
+def option_argv(overrides: dict[str, Any], *, names: Iterable[str] | None = None) -> list[str]:
+    """The flags that give ``overrides`` (TrainConfig field values) on a command line,
+    in declaration order; ``names`` keeps only those fields."""
+    keep = set(overrides if names is None else names)
+    argv: list[str] = []
+    for name, opt in options():
+        if name not in overrides or name not in keep or opt.action is None:
+            continue
+        value, flag = overrides[name], flag_of(name)
+        if opt.action in ("bool", "store_true"):
+            if value is None:
+                continue
+            if value or opt.action == "bool":
+                argv.append(flag if value else "--no-" + flag[2:])
+        elif opt.action == "append":
+            for key, item in (value or {}).items():
+                argv += [flag, format_option(key, item)]
+        elif value is not None:
+            argv += [flag, value if isinstance(value, str) else repr(value)]
+    return argv
+
+
+def to_argv(
+    model: str,
+    overrides: dict[str, Any],
+    *,
+    recipe: str | None = None,
+    resume: str | os.PathLike | None = None,
+) -> list[str]:
+    """The ``convzoo train`` arguments (without ``convzoo``) that build the same
+    configuration as ``build_config(model, overrides, recipe=recipe)``."""
+    argv = ["train", model, *option_argv(overrides)]
+    if recipe is not None:
+        argv += ["--recipe", recipe]
+    if resume is not None:
+        argv += ["--resume", str(resume)]
+    return argv
 
 
 def resume_overrides(given: TrainConfig) -> dict[str, Any]:
@@ -334,8 +786,8 @@ def merge_resume(saved: dict[str, Any], overrides: dict[str, Any], *, where: str
     ``overrides`` applied. Any other option given with a value different from the
     saved one is a :class:`ConfigError` naming its flag; ``out`` is the caller's to check.
 
-    The one place that decides what may change on resume (``convzoo train --resume``
-    and :func:`convzoo.train.train` both use it).
+    The one place that decides what may change on resume (``convzoo train --resume``,
+    ``convzoo compare`` and :func:`convzoo.train.train` use it).
     """
     if not isinstance(saved, dict) or "model" not in saved:
         raise ConfigError(f"{where} holds no convzoo run configuration")
@@ -345,7 +797,7 @@ def merge_resume(saved: dict[str, Any], overrides: dict[str, Any], *, where: str
         if key == "model_options":
             value = {**(saved.get("model_options") or {}), **value}
         if saved.get(key) != value:
-            flag = "--" + key.replace("_", "-")
+            flag = flag_of(key) if key in {f.name for f in dataclasses.fields(TrainConfig)} else key
             raise ConfigError(
                 f"{flag} cannot change when resuming (the run has {saved.get(key)!r}); "
                 "leave it out, or start a new run with another --out"
