@@ -268,37 +268,64 @@ def _unsafe_reason(exc: BaseException) -> str:
     return "it is not made of tensors and plain values only"
 
 
+def _pickled_code(path: Path) -> str | None:
+    """The first global (a function or class, i.e. code) named by the pickle streams
+    that make up ``path``, or None when the file is no well-formed pickle or names none.
+
+    Reads opcodes only (:mod:`pickletools`); nothing is unpickled. It tells a crafted
+    pickle, which is refused as unsafe, from damaged bytes, which are called corrupt.
+    """
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            while f.peek(1):  # a legacy file is several pickles in a row
+                found = None
+                for op, arg, _ in pickletools.genops(f):  # raises on bytes that are no pickle
+                    if found is None and op.name in ("GLOBAL", "INST"):
+                        found = str(arg).replace(" ", ".")
+                    elif found is None and op.name == "STACK_GLOBAL":
+                        found = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+                if found is not None:  # in a pickle read whole, up to its STOP
+                    return found
+    except Exception:  # noqa: BLE001 - not a pickle stream: damaged bytes
+        return None
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
 
     Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file,
-    and :class:`UnsafeCheckpointError` for a well-formed pickle that would need code to
-    load (which is never run). Garbage bytes are called corrupt, not unsafe.
+    and :class:`UnsafeCheckpointError` for a pickle that names code to run (which is
+    never run). Garbage bytes are called corrupt, not unsafe.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is truncated or corrupt (not a PyTorch checkpoint file)")
     try:
         with warnings.catch_warnings():
             # a damaged file can look like an unusual pickle protocol; the error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # the unpickler fails in many ways on a damaged file
         text = str(exc)
-        if ("weights only" in text.lower() or "weights_only" in text) and (
-            "GLOBAL" in text or "nsupported" in text
-        ):
+        code = None
+        if "GLOBAL" in text:  # a well-formed checkpoint that needs code to load
+            code = _unsafe_reason(exc)
+        elif not zipfile.is_zipfile(path):  # a bare or legacy pickle: does it name code?
+            code = _pickled_code(path)
+        if code is not None:
             raise UnsafeCheckpointError(
-                f"refusing to load {path}: it needs arbitrary code to load "
-                f"({_unsafe_reason(exc)}); convzoo only loads tensors and plain values"
+                f"refusing to load {path}: it needs arbitrary code to load ({code}); "
+                "convzoo only loads tensors and plain values"
             ) from None
-        raise CheckpointError(f"{path} is corrupt: {_first_line(exc)}") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        if isinstance(exc, pickle.UnpicklingError):
+            raise CheckpointError(f"{path} is corrupt: {_first_line(exc)}") from None
         raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(exc)})") from None
-    except Exception as exc:  # any other failure of the unpickler on a damaged file
-        raise CheckpointError(f"{path} cannot be read ({_first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a convzoo checkpoint (expected format {CHECKPOINT_FORMAT})"
