@@ -273,6 +273,18 @@ def test_explain_given_images_with_a_hostile_name(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_explain_chosen_test_images(trained, tmp_path):
+    from convzoo.explain import explain_run
+
+    result = explain_run(trained, test_indices=[3, 0], out=tmp_path / "chosen", device="cpu")
+    assert [(e.index, e.kind) for e in result.examples] == [(3, "chosen"), (0, "chosen")]
+    summary = json.loads((tmp_path / "chosen" / "explain.json").read_text())
+    assert [e["test_index"] for e in summary["examples"]] == [3, 0]
+    with pytest.raises(ConfigError, match="indices"):
+        explain_run(trained, test_indices=[40], out=tmp_path / "bad", device="cpu")
+
+
+@pytest.mark.slow
 def test_explain_user_mistakes_are_one_line(trained, tmp_path, capsys):
     rng = np.random.default_rng(0)
     colour = save(tmp_path / "colour.png", rng.integers(0, 255, (28, 28, 3)), "RGB")

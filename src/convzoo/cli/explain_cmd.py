@@ -35,8 +35,8 @@ def register(sub) -> None:
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
-        default="cpu",
-        help="where to run the model (default: cpu)",
+        default="auto",
+        help="where to run the model (default: auto = cuda when available)",
     )
     p.add_argument(
         "--data-dir",

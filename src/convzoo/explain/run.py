@@ -41,10 +41,11 @@ class Example:
     """One explained image: where it came from, its classes and its picture's file."""
 
     name: str  # the file name as given, or "test image #i"
-    kind: str  # "given", "right" or "mistake"
+    kind: str  # "given", "right", "mistake" or "chosen"
     true_class: str | None
     top: list[tuple[str, float]]  # (class, probability), most probable first
     cam_file: str  # image | overlay, side by side
+    index: int | None = None  # in the test set, for a test image
 
 
 @dataclass
@@ -122,11 +123,13 @@ def explain_run(
     data_dir: str | None = None,
     right: int = 4,
     wrong: int = 4,
+    test_indices: list[int] | None = None,
     command: str = "",
 ) -> Explained:
     """Explain the run in ``run_dir`` on ``images`` (files), or on test images of its
-    dataset (``right`` predicted right, the ``wrong`` most confident mistakes); write
-    the PNGs and ``explain.html`` into ``out`` (default ``RUN/explain``).
+    dataset: those at ``test_indices`` when given (so that several runs can be shown on
+    the same images), else ``right`` predicted right and the ``wrong`` most confident
+    mistakes. Write the PNGs and ``explain.html`` into ``out`` (default ``RUN/explain``).
 
     ``layer`` is the module whose Grad-CAM is shown (default: the last convolutional
     stage, :func:`convzoo.explain.layers.default_layer`).
@@ -142,6 +145,7 @@ def explain_run(
     if images:
         pictures = load_images(images, channels, size)  # DataError: not an image, channels
         names, kinds, truths = list(images), ["given"] * len(images), [None] * len(images)
+        indices = [None] * len(images)
         x = _batch(pictures, data, dev)
         probs = predict_logits(model, [(x, torch.zeros(len(x)))])[0].softmax(dim=1)
     else:
@@ -156,7 +160,14 @@ def explain_run(
             resize=data.get("resize"),
         )
         logits, labels = predict_logits(model, loader)
-        picked = pick_examples(logits.softmax(dim=1), labels, right, wrong)
+        if test_indices is not None:
+            n = len(labels)
+            bad = [i for i in test_indices if not 0 <= int(i) < n]
+            if bad or not test_indices:
+                raise ConfigError(f"test image indices must lie in [0, {n}), got {bad or 'none'}")
+            picked = [(int(i), "chosen") for i in test_indices]
+        else:
+            picked = pick_examples(logits.softmax(dim=1), labels, right, wrong)
         if not picked:
             raise ConfigError(f"the test set of {run.path} has no images to explain")
         idx = torch.tensor([i for i, _ in picked])
@@ -164,6 +175,7 @@ def explain_run(
         names = [f"test image #{i}" for i, _ in picked]
         kinds = [k for _, k in picked]
         truths = [classes[int(labels[i])] for i, _ in picked]
+        indices = [i for i, _ in picked]
         x = _batch(pictures, data, dev)
         probs = logits[idx].softmax(dim=1)
 
@@ -185,14 +197,14 @@ def explain_run(
     )
     files: dict[str, bytes] = {}
     k = min(topk, len(classes))
-    for i, (name, kind, truth) in enumerate(zip(names, kinds, truths, strict=True)):
+    for i, (name, kind, truth, index) in enumerate(zip(names, kinds, truths, indices, strict=True)):
         rgb = figures.image_rgb(pictures[i].numpy())
         pair = figures.grid([rgb, figures.overlay(rgb, cams[i].numpy())], columns=2, scale=scale)
         file = f"cam-{i + 1:02d}.png"
         files[file] = figures.png(pair)
         p, c = probs[i].topk(k)
         top = [(classes[int(j)], float(q)) for q, j in zip(p, c, strict=True)]
-        result.examples.append(Example(name, kind, truth, top, file))
+        result.examples.append(Example(name, kind, truth, top, file, index))
 
     conv_name, conv = first_conv(model, x[:1])
     tiles = filter_tiles(conv.weight)
@@ -237,6 +249,7 @@ def _summary(r: Explained) -> dict:
         "examples": [
             {
                 "image": e.name,
+                "test_index": e.index,
                 "kind": e.kind,
                 "true_class": e.true_class,
                 "top": [{"class": c, "probability": p} for c, p in e.top],
