@@ -293,6 +293,7 @@ def test_explain_user_mistakes_are_one_line(trained, tmp_path, capsys):
     one_line_error(capsys, trained, text, match="not a readable image")
     one_line_error(capsys, trained, colour, match="colour image")
     one_line_error(capsys, trained, "--layer", "nope", match="layer4.1")
+    one_line_error(capsys, trained, "--layer", "head.2", match="not feature maps")
     one_line_error(capsys, tmp_path / "missing", match="does not exist")
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)

@@ -5,7 +5,7 @@ For a class c and the feature maps A^k of a chosen layer, each map is weighted b
 mean over its positions of d y^c / d A^k, the weighted maps are summed and passed
 through a ReLU; the result is upsampled (bilinear) to the image's size.
 
-The attribution is captum's ``LayerGradCam`` (captum >= 0.7, the PyTorch team's
+The attribution is captum's ``LayerGradCam`` (captum 0.9 checked; the PyTorch team's
 interpretability library). It installs beside the CPU build of torch without pulling
 another torch or torchvision, it is maintained and tested against new torch releases,
 and it already handles layers whose output is a tuple and models with several outputs.

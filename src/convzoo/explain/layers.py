@@ -19,7 +19,7 @@ from torch import nn
 from ..anatomy import blocks
 from ..errors import ConfigError
 
-__all__ = ["Block", "default_layer", "find_layer", "spatial_blocks", "stages"]
+__all__ = ["Block", "default_layer", "find_layer", "require_maps", "spatial_blocks", "stages"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,33 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         f"--layer {name!r} names no module of {_model_name(model)}; try one of "
         f"{', '.join(few)} (`convzoo summary` lists them)"
     )
+
+
+def require_maps(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor) -> None:
+    """:class:`ConfigError` unless ``module`` outputs (N, C, H, W) feature maps for ``x``
+    (Grad-CAM needs maps: a linear layer or a pooled vector has no place to show)."""
+    shapes: list[tuple[int, ...]] = []
+
+    def hook(mod, inputs, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(out, torch.Tensor):
+            shapes.append(tuple(out.shape[1:]))
+
+    handle = module.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not shapes or len(shapes[-1]) != 3:
+        what = "does not run" if not shapes else f"outputs {'x'.join(map(str, shapes[-1]))}"
+        raise ConfigError(
+            f"--layer {name} {what}, not feature maps; choose a convolutional block, "
+            f"such as {default_layer(model, x)}"
+        )
 
 
 def _model_name(model: nn.Module) -> str:

@@ -28,7 +28,7 @@ from .features import feature_maps, map_tiles
 from .filters import filter_tiles, first_conv
 from .gradcam import grad_cam
 from .images import load_images, pick_examples
-from .layers import default_layer, find_layer, stages
+from .layers import default_layer, find_layer, require_maps, stages
 
 __all__ = ["Example", "Explained", "explain_run"]
 
@@ -181,6 +181,7 @@ def explain_run(
 
     layer_name = layer if layer is not None else default_layer(model, x[:1])
     module = find_layer(model, layer_name)  # ConfigError naming valid layers
+    require_maps(model, module, layer_name, x[:1])
     cams = grad_cam(model, module, x, target=probs.argmax(dim=1).to(dev), size=size)
 
     scale = SCALE if max(size) <= 64 else 1
