@@ -27,6 +27,7 @@ COMMANDS = [
     "report",
     "bench",
     "data",
+    "explain",
 ]
 
 
