@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from convzoo import get_model, list_models, summary
-from convzoo.errors import ModelError
+from convzoo.errors import ConfigError, ModelError
+from convzoo.models import check_input_size
 from convzoo.models.densenet import ConvBlock, DenseBlock, conv_block, transition_block
 from convzoo.models.googlenet import AUX_LOSS_WEIGHT, Inception
-from convzoo.models.layers import min_input_size, output_size, scale_width
+from convzoo.models.layers import scale_width
 from convzoo.models.nin import mlpconv
 from convzoo.models.resnet import Bottleneck, Residual
 from convzoo.models.vgg import vgg_block, vgg_stack
@@ -85,6 +86,9 @@ def test_googlenet_aux_parameter_count():
     aux1 = 512 * 128 + 128 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
     aux2 = 528 * 128 + 128 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
     assert n_params(meta_model("googlenet", aux_logits=True)) == PARAMS["googlenet"] + aux1 + aux2
+    # The auxiliary heads sit on 4a (512 channels) and 4d (528).
+    model = meta_model("googlenet", aux_logits=True)
+    assert model.aux1.net[1].in_channels == 512 and model.aux2.net[1].in_channels == 528
 
 
 def test_width_scales_channels_and_dense_layers():
@@ -394,7 +398,7 @@ def test_densenet_seed_variant_and_options():
     convs = [m for m in seed.blocks.modules() if isinstance(m, nn.Conv2d)]
     assert sum(c.kernel_size == (3, 3) for c in convs) == 6 + 12 + 24 + 16
     assert n_params(seed) != n_params(bc)
-    # The seed's transitions halve the channels: 64 + 6 * 32 = 256 -> 128.
+    # d2l's transitions halve the channels: 64 + 6 * 32 = 256 -> 128.
     assert seed.blocks[1][2].out_channels == 128
     plain = meta_model("densenet121", bottleneck=False, compression=1.0)
     assert plain.blocks[1][2].out_channels == 256
@@ -414,13 +418,32 @@ def test_unknown_family_option_is_a_model_error():
         get_model("resnet18", aux_logits=True)
 
 
-def test_size_arithmetic():
-    assert output_size(224, 11, 4, 2) == 55
-    assert output_size(112, 3, 2, 0, ceil=True) == 56
-    assert output_size(7, 2, 2, 0, ceil=True) == 4
-    assert output_size(2, 3, 2, 0, ceil=True) == 1
-    assert min_input_size([(3, 2, 0, False)] * 2) == 7
-    assert min_input_size([]) == 1
+def test_check_input_size_names_the_fix():
+    alexnet = meta_model("alexnet")
+    check_input_size(alexnet, (3, 63, 63))
+    with pytest.raises(ConfigError) as err:
+        check_input_size(alexnet, (1, 28, 28))
+    assert str(err.value) == (
+        "alexnet (faithful form) needs images of at least 63 px, these are 28x28; "
+        "use --image-size 63 or --small-input"
+    )
+    with pytest.raises(ConfigError, match="use --input 1x63x63 or --small-input$"):
+        check_input_size(alexnet, (1, 28, 40), flag="--input")
+    small = meta_model("densenet121", small_input=True)
+    with pytest.raises(ConfigError, match=r"\(small-input form\).* 4x4; use --image-size 8$"):
+        check_input_size(small, (4, 4))
+
+
+def test_min_input_size_is_derived_once_per_architecture():
+    from convzoo.models import layers
+
+    model = meta_model("vgg11", small_input=False)
+    assert model.min_input_size == 32
+    key = (type(model), repr(model))
+    assert layers._SMALLEST[key] == 32
+    model.min_input_size = 5  # settable, e.g. to switch the check off
+    assert model.min_input_size == 5
+    assert meta_model("vgg11").min_input_size == 32
 
 
 def test_resnet_needs_four_stages():

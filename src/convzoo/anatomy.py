@@ -1,6 +1,7 @@
 """Model anatomy: per-block output shapes, parameters and multiply-adds.
 
-The general form of the seed tutorial's ``verbose=True``, which printed each block's
+The general form of the per-block shape printout of d2l (Dive into Deep Learning,
+Gluon edition), which printed each block's
 output shape. A *block* is a direct child of the model, with plain ``nn.Sequential``
 containers opened up one level at a time, so a ResNet shows one row per ``Residual``
 and a DenseNet one row per ``DenseBlock`` and ``transition_block``. Multiply-adds

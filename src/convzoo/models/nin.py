@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..registry import register_model
-from .layers import ConvNet, Spatial, conv_relu, init_weights, min_input_size, scale_width
+from .layers import ConvNet, conv_relu, init_weights, scale_width
 
-# (channels, kernel, stride, padding) of the first three mlpconv blocks: the seed's plan.
+# (channels, kernel, stride, padding) of the first three mlpconv blocks: d2l's plan.
 PLAN = (
     (96, 11, 4, 0),
     (256, 5, 1, 2),
@@ -37,7 +37,7 @@ def mlpconv(
     in_channels: int,
     pool_padding: int = 0,
 ) -> MLPConv:
-    """The seed's ``mlpconv``: conv(kernel_size) + conv(1x1) + conv(1x1), each with
+    """d2l's NiN block (``nin_block`` in d2l, ``mlpconv`` in the paper): conv(kernel_size) + conv(1x1) + conv(1x1), each with
     ReLU, then (if ``max_pooling``) a 3x3 max pool with stride 2 and ``pool_padding``.
     """
     layers = conv_relu(in_channels, channels, kernel_size, stride=stride, padding=padding)
@@ -49,12 +49,12 @@ def mlpconv(
 
 
 class NiN(ConvNet):
-    """Network in Network with the seed's plan.
+    """Network in Network with d2l's plan.
 
     Faithful form (224 px): mlpconv 96 (11x11/4), 256 (5x5), 384 (3x3), each followed
     by a 3x3/2 max pool (224 -> 54 -> 26 -> 12 -> 5), dropout 0.5, a final mlpconv
     (3x3) with ``num_classes`` channels, global average pooling; no dense layer. This
-    is the seed's (and d2l's) ImageNet plan; the paper's own ImageNet model is not
+    is d2l's ImageNet plan (section "Network in Network"); the paper's own ImageNet model is not
     given in the paper. He initialisation (fan in); the last 1x1 conv, which
     gives the class scores, starts from N(0, 0.01). Without batch norm, and with the
     ReLU on the class scores, it starts slowly with plain SGD; Adam or a warmup helps.
@@ -79,7 +79,6 @@ class NiN(ConvNet):
         self.small_input = small_input
         self.in_channels = in_channels
         blocks: list[nn.Module] = []
-        ops: list[Spatial] = []
         c = in_channels
         pool_pad = 1 if small_input else 0
         for i, (out, k, s, p) in enumerate(PLAN):
@@ -87,14 +86,11 @@ class NiN(ConvNet):
                 k, s, p = 3, 1, 1
             out = scale_width(out, width)
             blocks.append(mlpconv(out, k, p, s, in_channels=c, pool_padding=pool_pad))
-            ops += [(k, s, p, False), (3, 2, pool_pad, False)]
             c = out
         blocks.append(nn.Dropout(dropout))
         blocks.append(mlpconv(num_classes, 3, 1, max_pooling=False, in_channels=c))
-        ops.append((3, 1, 1, False))
         blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*blocks)
-        self.min_input_size = min_input_size(ops)
         init_weights(self, conv_mode="fan_in", outputs=[self.net[-3][-2]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +101,7 @@ class NiN(ConvNet):
 
 @register_model
 def nin(**options: Any) -> NiN:
-    """Network in Network, the seed's plan (Lin et al. 2014); options as :class:`NiN`."""
+    """Network in Network, d2l's plan (Lin et al. 2014); options as :class:`NiN`."""
     model = NiN(**options)
     model.name = "nin"
     return model

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..registry import register_model
-from .layers import ConvNet, Spatial, init_weights, min_input_size, scale_width
+from .layers import ConvNet, init_weights, scale_width
 
 
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
@@ -31,12 +31,12 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
 
 
 class Residual(nn.Module):
-    """The seed's ``Residual`` (basic block): 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
+    """d2l's ``Residual`` (section "Residual Networks"; the basic block): 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
     the shortcut, then ReLU.
 
     The first convolution has stride ``stride``; when the stride is not 1 or the
     channels change, the shortcut is a 1x1 convolution with that stride and batch
-    norm (the seed's ``same_shape=False``). Convolutions are bias-free, as each is
+    norm (d2l's ``Residual`` with its 1x1 convolution). Convolutions are bias-free, as each is
     followed by batch norm.
     """
 
@@ -140,14 +140,12 @@ class ResNet(ConvNet):
         self.small_input = small_input
         self.in_channels = in_channels
         c = scale_width(64, width)
-        ops: list[Spatial]
         if small_input:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, c, 3, stem_stride, 1, bias=False),
                 nn.BatchNorm2d(c),
                 nn.ReLU(inplace=True),
             )
-            ops = [(3, stem_stride, 1, False)]
         else:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, c, 7, 2, 3, bias=False),
@@ -155,7 +153,6 @@ class ResNet(ConvNet):
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
             )
-            ops = [(7, 2, 3, False), (3, 2, 1, False)]
         stages = []
         for i, (n, channels) in enumerate(zip(layers, STAGE_CHANNELS, strict=True)):
             stride = 1 if i == 0 else 2
@@ -165,9 +162,7 @@ class ResNet(ConvNet):
                 blocks.append(b)
                 c = b.out_channels
             stages.append(nn.Sequential(*blocks))
-            ops.append((3, stride, 1, False))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.min_input_size = min_input_size(ops)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
         init_weights(self, conv_mode="fan_out", outputs=[self.head[-1]])
         if zero_init_residual:
