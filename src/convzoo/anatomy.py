@@ -7,14 +7,22 @@ containers opened up one level at a time, so a ResNet shows one row per ``Residu
 and a DenseNet one row per ``DenseBlock`` and ``transition_block``. Multiply-adds
 count convolutions and fully connected layers (the usual convention: batch norm,
 activations and pooling are not counted), for one image.
+
+:func:`memory_estimate` and :func:`check_memory` are the one place that says how much
+memory a model takes at a batch size, before anything is allocated: the model is built
+and run on the meta device (shapes only).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .errors import ConfigError
+from .registry import available_memory, get_model, gib
 
 # Layers that neither change the shape nor hold weights get no row of their own.
 _QUIET = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Dropout, nn.Identity, nn.Softmax)
@@ -168,4 +176,147 @@ def summary(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Su
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_macs=macs[0],
+    )
+
+
+# -- memory ----------------------------------------------------------------------------
+
+# Bytes per image when the shapes overflow what a tensor can hold: 2**62 float32
+# elements, more than any machine has; such an estimate always fails the check.
+_OVERFLOW = 4 << 62
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _activations(model: nn.Module, input_size: tuple[int, int, int]):
+    """(sum, largest, peak live) bytes of the tensors a forward of one image passes
+    between modules, measured on a batch of two on the meta device, in evaluation mode
+    (the same shapes, and much quicker on the meta device; GoogLeNet's auxiliary heads,
+    which run only in training, are left out: a few percent of its activations).
+
+    ``sum`` counts every distinct tensor that enters or leaves a module (an in-place
+    ReLU's output is its input, counted once); ``peak`` follows which of them are still
+    referenced, which is what an inference forward (no autograd) holds at once.
+    """
+    live, peak, total, largest = [0], [0], [0], [0]
+    seen: dict[int, weakref.ref] = {}
+
+    def release(n: int) -> None:
+        live[0] -= n
+
+    def track(value) -> None:
+        for t in _tensors(value):
+            if isinstance(t, nn.Parameter):
+                continue
+            ref = seen.get(id(t))
+            if ref is not None and ref() is t:
+                continue
+            n = t.numel() * t.element_size()
+            seen[id(t)] = weakref.ref(t)
+            weakref.finalize(t, release, n)
+            live[0] += n
+            total[0] += n
+            largest[0] = max(largest[0], n)
+            peak[0] = max(peak[0], live[0])
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(lambda mod, inputs: track(inputs)))
+        handles.append(m.register_forward_hook(lambda mod, inputs, out: track(out)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty((2, *input_size), device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] // 2, largest[0] // 2, peak[0] // 2
+
+
+def memory_terms(
+    name: str, options: dict, input_size: tuple[int, ...], *, training: bool
+) -> tuple[int, int]:
+    """(bytes independent of the batch, bytes per image) of ``name`` built with
+    ``options`` (as :func:`convzoo.get_model`) on images of ``input_size`` (C, H, W).
+
+    Inference: the parameters, plus per image the largest set of activations alive at
+    once during a forward. Training: the parameters four times (weights, gradients and
+    two optimizer moments, as Adam or SGD with momentum and EMA keep), plus per image
+    every activation of the forward (autograd keeps them for the backward) and twice
+    the largest (the gradients flowing back through it). An estimate, not a promise:
+    allocator slack and workspace buffers come on top.
+    """
+    size = tuple(input_size)
+    if len(size) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in size):
+        raise ConfigError(f"input size must be three positive integers (C, H, W), got {size!r}")
+    with torch.device("meta"):
+        model = get_model(name, **options)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    image = size[0] * size[1] * size[2] * 4
+    if image > _OVERFLOW // 64:
+        per_image = _OVERFLOW
+    else:
+        try:
+            total, largest, peak = _activations(model, size)
+        except (RuntimeError, OverflowError):  # shapes beyond what a tensor can hold
+            per_image = _OVERFLOW
+        else:
+            per_image = total + 2 * largest if training else max(peak, image)
+    return (4 * params if training else params), per_image
+
+
+def memory_estimate(
+    name: str,
+    options: dict,
+    input_size: tuple[int, ...],
+    batch_size: int,
+    *,
+    training: bool,
+) -> int:
+    """Bytes that ``name`` (built with ``options``) needs for a batch of ``batch_size``
+    images of ``input_size`` (C, H, W), for training or inference: see
+    :func:`memory_terms`. Computed with Python integers: nothing overflows."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    fixed, per_image = memory_terms(name, options, input_size, training=training)
+    return fixed + batch_size * per_image
+
+
+def check_memory(
+    name: str,
+    options: dict,
+    input_size: tuple[int, ...],
+    batch_size: int,
+    *,
+    training: bool,
+    what: str | None = None,
+    limit: int | None = None,
+    fix: str = "lower --batch, --width or --input",
+) -> int:
+    """The :func:`memory_estimate`, or :class:`ConfigError` when it exceeds ``limit``
+    bytes (default: the memory available now, ``MemAvailable`` of /proc/meminfo; pass
+    the GPU's memory for a GPU run). The message gives both numbers, the largest batch
+    that fits, and ``fix``: the options that lower the need; ``what`` (e.g. "bench
+    throughput") starts it when given."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    fixed, per_image = memory_terms(name, options, input_size, training=training)
+    need = fixed + batch_size * per_image
+    free = available_memory() if limit is None else int(limit)
+    if need <= free:
+        return need
+    fits = (free - fixed) // per_image if free > fixed else 0
+    room = f"at most {fits:,} images per batch fit" if fits >= 1 else "not even one image fits"
+    shape = "x".join(map(str, input_size))
+    mode = "training" if training else "inference"
+    lead = f"{what}: " if what else ""
+    raise ConfigError(
+        f"{lead}{name} ({mode}) at batch {batch_size:,} of {shape} images needs about "
+        f"{gib(need)} of memory, {gib(free)} is available ({room}); {fix}"
     )

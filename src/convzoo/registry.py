@@ -93,11 +93,13 @@ def _construct(name: str, options: dict) -> nn.Module:
         return _REGISTRY[name](**options)
     except ConvzooError:
         raise
-    except TypeError as exc:
-        raise ModelError(f"{name}: {exc}") from None
-    except (ValueError, OverflowError, RuntimeError) as exc:
-        # A value out of a layer's range, or sizes beyond what a tensor can hold.
-        detail = " ".join(str(exc).split())[:160]
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        # An unknown option, a value of the wrong type or out of a layer's range, or
+        # sizes beyond what a tensor can hold.
+        lines = str(exc).strip().splitlines()
+        detail = " ".join(lines[0].split())[:160] if lines else ""
+        if isinstance(exc, TypeError) and "keyword argument" in detail:
+            raise ModelError(f"{name}: {detail}") from None
         raise ModelError(
             f"{name}: cannot build it with these options ({type(exc).__name__}: {detail}); "
             "use smaller values"
