@@ -16,6 +16,7 @@ from convzoo.anatomy import (
     human,
     memory_estimate,
     memory_terms,
+    receptive_fields,
 )
 from convzoo.errors import ConfigError
 
@@ -251,3 +252,60 @@ def test_memory_of_sizes_beyond_a_tensor_is_refused_not_overflowed():
         memory_estimate("resnet18", SMALL, (1, 28, 28), 0, training=False)
     with pytest.raises(ConfigError, match="input size"):
         memory_estimate("resnet18", SMALL, (1, 28), 1, training=False)
+
+
+# ---------------------------------------------------------------------------- receptive fields
+
+
+def test_receptive_fields_of_chains_match_the_published_figures():
+    vgg = receptive_fields(meta_model("vgg16"))
+    assert vgg["features.4.4"] == (196, 16)  # conv5_3
+    assert vgg["features.4"] == (212, 32)  # after pool5
+    alexnet = receptive_fields(meta_model("alexnet"))
+    assert alexnet["features.10"] == (163, 16)  # conv5
+    assert alexnet["features.12"] == (195, 32)  # pool5
+    assert receptive_fields(meta_model("resnet18"))["layer4"] == (435, 32)
+
+
+def test_receptive_fields_take_the_widest_branch():
+    g = receptive_fields(meta_model("googlenet"))
+    # 7x7/2 conv, 3x3/2 pool, 1x1, 3x3, 3x3/2 pool: 7, 11, 11, 19, 27 (jump 8).
+    assert g["stem"] == (27, 8)
+    assert g["inception3a"] == (27 + 4 * 8, 8)  # the 5x5 path
+    d = receptive_fields(meta_model("densenet121"))
+    assert d["stem"] == (11, 4)
+    # Six layers, each with one 3x3 conv at jump 4; the concatenation keeps the widest.
+    assert d["blocks.0"] == (11 + 6 * 2 * 4, 4)
+    assert d["blocks.1"] == (59 + 4, 8)  # the transition's 2x2/2 average pool
+    r = receptive_fields(meta_model("resnet18"))
+    # The first block of stage 2: two 3x3 convs (the first with stride 2, at jump 4,
+    # then at jump 8) beat the 1x1 projection shortcut.
+    assert r["layer1"] == (43, 4)
+    assert r["layer2.0.shortcut"] == (43, 8)
+    assert r["layer2.0"] == (43 + 2 * 4 + 2 * 8, 8)
+
+
+def test_summary_rows_carry_receptive_field_and_jump():
+    s = summary(meta_model("vgg16"))
+    blocks = kinds(s, "VGGBlock")
+    assert [(r.receptive_field, r.jump) for r in blocks] == [
+        (6, 2),
+        (16, 4),
+        (44, 8),
+        (100, 16),
+        (212, 32),
+    ]
+    table = str(s).splitlines()
+    assert table[1].split() == [
+        "block",
+        "type",
+        "output",
+        "shape",
+        "RF",
+        "jump",
+        "params",
+        "mult-adds",
+    ]
+    assert any(
+        line.split()[:5] == ["features.4", "VGGBlock", "512x7x7", "212", "32"] for line in table
+    )

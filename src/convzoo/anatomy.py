@@ -6,7 +6,10 @@ output shape. A *block* is a direct child of the model, with plain ``nn.Sequenti
 containers opened up one level at a time, so a ResNet shows one row per ``Residual``
 and a DenseNet one row per ``DenseBlock`` and ``transition_block``. Multiply-adds
 count convolutions and fully connected layers (the usual convention: batch norm,
-activations and pooling are not counted), for one image.
+activations and pooling are not counted), for one image. The receptive field of a
+block's output (how many input pixels, along the height, one output pixel sees) and its
+jump (the product of the strides so far: how many input pixels apart two neighbouring
+output pixels are) come from the layers themselves (:func:`receptive_fields`).
 
 :func:`memory_estimate` and :func:`check_memory` are the one place that says how much
 memory a model takes at a batch size, before anything is allocated: the model is built
@@ -16,7 +19,7 @@ and run on the meta device (shapes only).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -35,6 +38,8 @@ class Row:
     output_shape: tuple[int, ...]
     params: int
     macs: int
+    receptive_field: int | None = None
+    jump: int | None = None
 
 
 @dataclass
@@ -47,9 +52,17 @@ class Summary:
     total_macs: int = 0
 
     def __str__(self) -> str:
-        header = ("block", "type", "output shape", "params", "mult-adds")
+        header = ("block", "type", "output shape", "RF", "jump", "params", "mult-adds")
         lines = [
-            (r.name, r.kind, "x".join(map(str, r.output_shape)), f"{r.params:,}", human(r.macs))
+            (
+                r.name,
+                r.kind,
+                "x".join(map(str, r.output_shape)),
+                "-" if r.receptive_field is None else str(r.receptive_field),
+                "-" if r.jump is None else str(r.jump),
+                f"{r.params:,}",
+                human(r.macs),
+            )
             for r in self.rows
         ]
         widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
@@ -103,13 +116,116 @@ def blocks(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     return out
 
 
+def _first(v) -> int:
+    return int(v if isinstance(v, int) else v[0])
+
+
+class _Fields(torch.overrides.TorchFunctionMode):
+    """Carries (receptive field, jump) from tensor to tensor through a forward.
+
+    Every torch operation gives its outputs the largest field and jump of its inputs
+    (a concatenation or a sum of branches sees what its widest branch sees); the
+    forward hooks of :func:`receptive_fields` then set the outputs of convolutions and
+    pooling layers by the usual rule: ``rf + (kernel - 1) * dilation * jump`` and
+    ``jump * stride``. Tensors are known by id, checked with a weak reference, so
+    nothing is kept alive.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known: dict[int, tuple[weakref.ref, int, int]] = {}
+
+    def get(self, t) -> tuple[int, int] | None:
+        entry = self.known.get(id(t))
+        return (entry[1], entry[2]) if entry is not None and entry[0]() is t else None
+
+    def put(self, t: torch.Tensor, rf: int, jump: int) -> None:
+        self.known[id(t)] = (weakref.ref(t), rf, jump)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        fields = [
+            f for t in _tensors([*args, *(kwargs or {}).values()]) if (f := self.get(t)) is not None
+        ]
+        if fields:
+            rf, jump = max(f[0] for f in fields), max(f[1] for f in fields)
+            for t in _tensors(out):
+                self.put(t, rf, jump)
+        return out
+
+
+def _spatial(module: nn.Module, n_in: int, n_out: int) -> tuple[int, int, int] | None:
+    """(kernel, stride, dilation) along the height of a convolution or pooling layer."""
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        dilation = _first(getattr(module, "dilation", 1))
+        stride = _first(module.stride) if module.stride is not None else _first(module.kernel_size)
+        return _first(module.kernel_size), stride, dilation
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        # Output pixel i pools input rows floor(i n / m) to ceil((i + 1) n / m): the
+        # widest bin and the step between bins, for the usual whole-number ratios.
+        return -(-n_in // n_out), max(1, n_in // n_out), 1
+    return None
+
+
+def receptive_fields(
+    model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)
+) -> dict[str, tuple[int, int]]:
+    """(receptive field, jump) along the height of the output of every named module of
+    ``model`` (the model itself as ""), from one forward of a zero image in
+    evaluation mode (on the model's device: use the meta device for a free run).
+
+    Exact for chains of convolutions and pooling; where branches meet (a concatenation,
+    a residual sum) the largest field and jump of the branches. Adaptive pooling counts
+    as a pool whose kernel is its widest bin, so a global average pool's field covers
+    everything before it; a dense layer keeps its input's.
+    """
+    fields = _Fields()
+    names = {id(m): name for name, m in model.named_modules()}
+    out: dict[str, tuple[int, int]] = {}
+
+    def post(mod, inputs, output):
+        x = next(iter(_tensors(inputs)), None)
+        y = next(iter(_tensors(output)), None)
+        if x is None or y is None:
+            return
+        f = fields.get(x)
+        if f is None:
+            return
+        if x.dim() == 4 and y.dim() == 4:
+            spatial = _spatial(mod, x.shape[2], y.shape[2])
+            if spatial is not None:
+                k, stride, dilation = spatial
+                f = (f[0] + (k - 1) * dilation * f[1], f[1] * stride)
+                for t in _tensors(output):
+                    fields.put(t, *f)
+        g = fields.get(y)
+        out[names[id(mod)]] = g if g is not None else f
+
+    handles = [m.register_forward_hook(post) for m in model.modules()]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), fields:
+            x = torch.zeros((1, *input_size), device=device)
+            fields.put(x, 1, 1)
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return out
+
+
 def summary(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Summary:
     """Per-block output shapes, parameters and multiply-adds of ``model``.
 
     ``input_size`` is (C, H, W) without the batch dimension. The model runs once, in
     evaluation mode, on a batch of one zero image; its mode is restored afterwards.
     Blocks that do not run in evaluation mode (GoogLeNet's auxiliary heads) have no
-    row, but their parameters count in the totals.
+    row, but their parameters count in the totals. Each row's ``receptive_field`` and
+    ``jump`` are those of :func:`receptive_fields`.
     """
     input_size = tuple(int(s) for s in input_size)
     param = next(model.parameters(), None)
@@ -161,6 +277,13 @@ def summary(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Su
             h.remove()
         model.train(was_training)
 
+    fields = receptive_fields(model, input_size)
+    rows = [
+        replace(r, receptive_field=fields[r.name][0], jump=fields[r.name][1])
+        if r.name in fields
+        else r
+        for r in rows
+    ]
     kept, previous = [], (1, *input_size)[1:]
     for r in rows:
         quiet = (
