@@ -55,6 +55,12 @@ class DenseBlock(nn.Module):
     ``conv_block`` 1x1 to ``bn_size * growth_rate`` channels then ``conv_block`` 3x3
     to ``growth_rate``; without it, a single 3x3 ``conv_block`` as in d2l.
     Output channels: ``in_channels + num_layers * growth_rate``.
+
+    ``connect="chain"`` is the ablation of the dense connections: each layer sees only
+    the previous layer's output and itself produces as many channels as the
+    concatenation would hold there (its last convolution outputs
+    ``C + growth_rate`` channels, not ``growth_rate``), so the block's widths, and the
+    transitions and head after it, are those of the dense form.
     """
 
     def __init__(
@@ -65,25 +71,31 @@ class DenseBlock(nn.Module):
         *,
         bottleneck: bool = True,
         bn_size: int = 4,
+        connect: str = "dense",
     ) -> None:
         super().__init__()
+        if connect not in ("dense", "chain"):
+            raise ModelError(f'connect is "dense" or "chain", got {connect!r}')
+        self.connect = connect
         layers = []
         c = in_channels
         for _ in range(num_layers):
+            out = growth_rate if connect == "dense" else c + growth_rate
             if bottleneck:
                 inner = bn_size * growth_rate
-                layers.append(
-                    nn.Sequential(conv_block(c, inner, 1), conv_block(inner, growth_rate, 3))
-                )
+                layers.append(nn.Sequential(conv_block(c, inner, 1), conv_block(inner, out, 3)))
             else:
-                layers.append(conv_block(c, growth_rate, 3))
+                layers.append(conv_block(c, out, 3))
             c += growth_rate
         self.net = nn.ModuleList(layers)
         self.out_channels = c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
-            x = torch.cat([x, layer(x)], dim=1)  # (N, C + growth_rate, H, W)
+            if self.connect == "chain":
+                x = layer(x)  # (N, C + growth_rate, H, W), from the last output only
+            else:
+                x = torch.cat([x, layer(x)], dim=1)  # (N, C + growth_rate, H, W)
         return x
 
 
@@ -114,6 +126,10 @@ class DenseNet(ConvNet):
     ``stem_stride=2`` halves the stem's output (28 -> 14 -> 7 -> 3 -> 1): a quarter of
     the multiply-adds, for fast training on a CPU (a departure from the paper).
 
+    ``connect="chain"`` chains the layers of every dense block instead of
+    concatenating their outputs (see :class:`DenseBlock`): the ablation of the paper's
+    one idea, at the same widths.
+
     ``width`` scales the growth rate and the stem's channels.
     """
 
@@ -131,6 +147,7 @@ class DenseNet(ConvNet):
         bn_size: int = 4,
         compression: float = 0.5,
         stem_stride: int = 1,
+        connect: str = "dense",
     ) -> None:
         super().__init__()
         if stem_stride not in (1, 2) or (stem_stride != 1 and not small_input):
@@ -165,7 +182,9 @@ class DenseNet(ConvNet):
         self.stem = nn.Sequential(*stem)
         blocks: list[nn.Module] = []
         for i, n in enumerate(block_config):
-            block = DenseBlock(n, c, growth, bottleneck=bottleneck, bn_size=bn_size)
+            block = DenseBlock(
+                n, c, growth, bottleneck=bottleneck, bn_size=bn_size, connect=connect
+            )
             blocks.append(block)
             c = block.out_channels
             if i != len(block_config) - 1:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..registry import register_model
 from .layers import ConvNet, conv_relu, init_weights, scale_width
 
@@ -45,6 +46,7 @@ class Inception(nn.Module):
     Path 1: 1x1 conv (``n1_1``). Path 2: 1x1 (``n2_1``) then 3x3 (``n2_3``).
     Path 3: 1x1 (``n3_1``) then 5x5 (``n3_5``). Path 4: 3x3/1 max pool then 1x1
     (``n4_1``). Every convolution has a ReLU; all paths keep the height and width.
+    ``paths`` keeps only the paths named (1-4), for ablations; the others are absent.
     """
 
     def __init__(
@@ -58,22 +60,32 @@ class Inception(nn.Module):
         n4_1: int,
         *,
         batch_norm: bool = False,
+        paths: tuple[int, ...] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
+        if not paths or not set(paths) <= {1, 2, 3, 4}:
+            raise ModelError(f"Inception paths are some of 1, 2, 3, 4; got {paths!r}")
         bn = batch_norm
-        self.p1 = nn.Sequential(*_conv(in_channels, n1_1, 1, bn))
-        self.p2 = nn.Sequential(
-            *_conv(in_channels, n2_1, 1, bn), *_conv(n2_1, n2_3, 3, bn, padding=1)
-        )
-        self.p3 = nn.Sequential(
-            *_conv(in_channels, n3_1, 1, bn), *_conv(n3_1, n3_5, 5, bn, padding=2)
-        )
-        self.p4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *_conv(in_channels, n4_1, 1, bn))
-        self.out_channels = n1_1 + n2_3 + n3_5 + n4_1
+        self.p1 = self.p2 = self.p3 = self.p4 = None
+        if 1 in paths:
+            self.p1 = nn.Sequential(*_conv(in_channels, n1_1, 1, bn))
+        if 2 in paths:
+            self.p2 = nn.Sequential(
+                *_conv(in_channels, n2_1, 1, bn), *_conv(n2_1, n2_3, 3, bn, padding=1)
+            )
+        if 3 in paths:
+            self.p3 = nn.Sequential(
+                *_conv(in_channels, n3_1, 1, bn), *_conv(n3_1, n3_5, 5, bn, padding=2)
+            )
+        if 4 in paths:
+            self.p4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *_conv(in_channels, n4_1, 1, bn))
+        widths = {1: n1_1, 2: n2_3, 3: n3_5, 4: n4_1}
+        self.out_channels = sum(widths[p] for p in set(paths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (N, C, H, W) -> (N, n1_1 + n2_3 + n3_5 + n4_1, H, W)
-        return torch.cat([self.p1(x), self.p2(x), self.p3(x), self.p4(x)], dim=1)
+        # (N, C, H, W) -> (N, n1_1 + n2_3 + n3_5 + n4_1, H, W) with every path
+        paths = (self.p1, self.p2, self.p3, self.p4)
+        return torch.cat([p(x) for p in paths if p is not None], dim=1)
 
 
 class AuxClassifier(nn.Module):
@@ -123,6 +135,8 @@ class GoogLeNet(ConvNet):
         lrn: local response normalisation after the first max pool and after the
             3x3 conv, as in the paper's Figure 3 (off by default, as in most
             re-implementations).
+        branches: the Inception paths every block keeps (1: 1x1, 2: 3x3, 3: 5x5,
+            4: pool), for ablations: ``branches=(1, 2, 4)`` drops the 5x5 path.
 
     He initialisation (the paper does not give its initialisation).
 
@@ -145,6 +159,7 @@ class GoogLeNet(ConvNet):
         batch_norm: bool = False,
         lrn: bool = False,
         dropout: float = 0.4,
+        branches: tuple[int, ...] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
         self.small_input = small_input
@@ -161,7 +176,9 @@ class GoogLeNet(ConvNet):
             return nn.MaxPool2d(3, 2, ceil_mode=True)
 
         def inception(key: str, cin: int) -> Inception:
-            return Inception(cin, *(w(n) for n in INCEPTIONS[key]), batch_norm=bn)
+            return Inception(
+                cin, *(w(n) for n in INCEPTIONS[key]), batch_norm=bn, paths=tuple(branches)
+            )
 
         stem: OrderedDict[str, nn.Module] = OrderedDict()
         k1, s1, p1 = (3, 1, 1) if small_input else (7, 2, 3)

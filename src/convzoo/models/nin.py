@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..registry import register_model
 from .layers import ConvNet, conv_relu, init_weights, scale_width
 
@@ -36,13 +37,16 @@ def mlpconv(
     *,
     in_channels: int,
     pool_padding: int = 0,
+    one_by_one: bool = True,
 ) -> MLPConv:
     """d2l's NiN block (``nin_block`` in d2l, ``mlpconv`` in the paper): conv(kernel_size) + conv(1x1) + conv(1x1), each with
     ReLU, then (if ``max_pooling``) a 3x3 max pool with stride 2 and ``pool_padding``.
+    ``one_by_one=False`` leaves out the two 1x1 convolutions (an ablation).
     """
     layers = conv_relu(in_channels, channels, kernel_size, stride=stride, padding=padding)
-    layers += conv_relu(channels, channels, 1)
-    layers += conv_relu(channels, channels, 1)
+    if one_by_one:
+        layers += conv_relu(channels, channels, 1)
+        layers += conv_relu(channels, channels, 1)
     if max_pooling:
         layers.append(nn.MaxPool2d(3, 2, pool_padding))
     return MLPConv(*layers)
@@ -63,6 +67,14 @@ class NiN(ConvNet):
     with stride 1 and padding 1, and the max pools have padding 1 (28 -> 14 -> 7 -> 4,
     32 -> 16 -> 8 -> 4).
 
+    Ablations of the paper's two ideas: ``mlpconv_1x1=False`` drops the 1x1
+    convolutions of every block (a plain convolutional network of the same plan), and
+    ``head="dense"`` replaces the global average pooling head by a dense layer, as the
+    paper's comparison in section 4.6 did: the last block then keeps the previous
+    block's channels, and an adaptive average pool to its size at the design input
+    (5x5 at 224 px, 4x4 small; the identity there) feeds one dense layer to the
+    classes (N(0, 0.01) initialisation).
+
     ``width`` scales every channel count except the final ``num_classes`` channels.
     """
 
@@ -74,6 +86,8 @@ class NiN(ConvNet):
         small_input: bool = False,
         width: float = 1.0,
         dropout: float = 0.5,
+        mlpconv_1x1: bool = True,
+        head: str = "gap",
     ) -> None:
         super().__init__()
         self.small_input = small_input
@@ -85,13 +99,26 @@ class NiN(ConvNet):
             if small_input and i == 0:
                 k, s, p = 3, 1, 1
             out = scale_width(out, width)
-            blocks.append(mlpconv(out, k, p, s, in_channels=c, pool_padding=pool_pad))
+            blocks.append(
+                mlpconv(out, k, p, s, in_channels=c, pool_padding=pool_pad, one_by_one=mlpconv_1x1)
+            )
             c = out
         blocks.append(nn.Dropout(dropout))
-        blocks.append(mlpconv(num_classes, 3, 1, max_pooling=False, in_channels=c))
-        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if head == "gap":
+            last = mlpconv(
+                num_classes, 3, 1, max_pooling=False, in_channels=c, one_by_one=mlpconv_1x1
+            )
+            blocks += [last, nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            output = last[-2]  # the conv that gives the class scores
+        elif head == "dense":
+            side = 4 if small_input else 5
+            last = mlpconv(c, 3, 1, max_pooling=False, in_channels=c, one_by_one=mlpconv_1x1)
+            output = nn.Linear(c * side * side, num_classes)
+            blocks += [last, nn.AdaptiveAvgPool2d(side), nn.Flatten(), output]
+        else:
+            raise ModelError(f'head is "gap" or "dense", got {head!r}')
         self.net = nn.Sequential(*blocks)
-        init_weights(self, conv_mode="fan_in", outputs=[self.net[-3][-2]])
+        init_weights(self, conv_mode="fan_in", outputs=[output])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -37,18 +37,21 @@ class Residual(nn.Module):
     The first convolution has stride ``stride``; when the stride is not 1 or the
     channels change, the shortcut is a 1x1 convolution with that stride and batch
     norm (d2l's ``Residual`` with its 1x1 convolution). Convolutions are bias-free, as each is
-    followed by batch norm.
+    followed by batch norm. ``shortcut=False`` drops the shortcut: the paper's "plain"
+    block.
     """
 
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, stride: int = 1, *, shortcut: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = _projection(in_channels, channels, stride)
+        self.shortcut = _projection(in_channels, channels, stride) if shortcut else None
         self.relu = nn.ReLU(inplace=True)
         self.out_channels = channels
 
@@ -56,6 +59,8 @@ class Residual(nn.Module):
         # (N, C_in, H, W) -> (N, channels, H / stride, W / stride)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.shortcut is None:
+            return self.relu(out)
         return self.relu(out + self.shortcut(x))
 
 
@@ -66,12 +71,14 @@ class Bottleneck(nn.Module):
 
     The stride sits on the 3x3 convolution, not on the first 1x1 as in the paper
     (the "v1.5" form that torchvision and most later work use). The shortcut is a
-    1x1 projection with batch norm when the shape changes.
+    1x1 projection with batch norm when the shape changes; ``shortcut=False`` drops it.
     """
 
     expansion = 4
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, stride: int = 1, *, shortcut: bool = True
+    ) -> None:
         super().__init__()
         out = channels * self.expansion
         self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
@@ -80,7 +87,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv3 = nn.Conv2d(channels, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.shortcut = _projection(in_channels, out, stride)
+        self.shortcut = _projection(in_channels, out, stride) if shortcut else None
         self.relu = nn.ReLU(inplace=True)
         self.out_channels = out
 
@@ -89,6 +96,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.shortcut is None:
+            return self.relu(out)
         return self.relu(out + self.shortcut(x))
 
 
@@ -117,6 +126,9 @@ class ResNet(ConvNet):
     ``stem_stride=2`` halves the stem's output (28 -> 14 -> 14 -> 7 -> 4 -> 2): a quarter
     of the multiply-adds, for fast training on a CPU (a departure from the paper).
 
+    ``shortcut=False`` removes every shortcut: the paper's plain-18/34 baselines
+    (section 4.1), which it shows train worse than the same depth with shortcuts.
+
     ``width`` scales every channel count.
     """
 
@@ -131,6 +143,7 @@ class ResNet(ConvNet):
         width: float = 1.0,
         zero_init_residual: bool = False,
         stem_stride: int = 1,
+        shortcut: bool = True,
     ) -> None:
         super().__init__()
         if stem_stride not in (1, 2) or (stem_stride != 1 and not small_input):
@@ -158,7 +171,9 @@ class ResNet(ConvNet):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n):
-                b = block(c, scale_width(channels, width), stride if j == 0 else 1)
+                b = block(
+                    c, scale_width(channels, width), stride if j == 0 else 1, shortcut=shortcut
+                )
                 blocks.append(b)
                 c = b.out_channels
             stages.append(nn.Sequential(*blocks))
