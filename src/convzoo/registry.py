@@ -130,7 +130,9 @@ def get_model(
     the meta device (shapes only), and :class:`ModelError` says so when its parameters
     alone would not fit in the memory available (:func:`available_memory`), or when
     its sizes overflow what a tensor can hold. A model asked for on the meta device
-    (``with torch.device("meta")``) is built only once.
+    (``with torch.device("meta")``) costs no memory: it is built once, and refused
+    only when its sizes overflow (so that a file's shapes can be compared with it, and
+    :func:`convzoo.anatomy.check_memory` can say what a run of it would need).
     """
     check_model_name(name)
     _positive_int(num_classes, "num_classes")
@@ -149,12 +151,10 @@ def get_model(
         width=float(width),
         **family_options,
     )
-    on_meta = torch.empty(0).device.type == "meta"
-    if on_meta:
+    if torch.empty(0).device.type == "meta":
+        return _construct(name, options)
+    with torch.device("meta"):
         model = _construct(name, options)
-    else:
-        with torch.device("meta"):
-            model = _construct(name, options)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     free = available_memory()
     if params > free:
@@ -164,7 +164,7 @@ def get_model(
             f"{gib(free)} of memory available; lower --width, --num-classes or the "
             "input channels"
         )
-    return model if on_meta else _construct(name, options)
+    return _construct(name, options)
 
 
 # -- models with their weights ----------------------------------------------------------
