@@ -303,7 +303,11 @@ def test_nested_images_belong_to_their_top_level_class(tmp_path, make_image_fold
     for f in sorted((root / "train" / "b").glob("*.png")):
         f.rename(deep / f.name)
     (root / "extra").mkdir()
+    (deep / "loop").symlink_to(root / "train" / "b", target_is_directory=True)
     ds = load_dataset(str(root))
     assert ds.classes == ["a", "b"] and ds.nested == 2
     assert torch.bincount(ds.train_labels).tolist() == [2, 2]
-    assert ds.skipped == {"folders beside train/ and test/": 1}
+    assert ds.skipped == {
+        "folders beside train/ and test/": 1,
+        "links to folders (not followed)": 1,
+    }

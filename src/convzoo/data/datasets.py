@@ -15,7 +15,8 @@ Every dataset is loaded once, completely, into memory: ``train_images`` and
   folder is the label either way, and skipping them would lose data without a word);
   :attr:`Dataset.nested` counts them, so a layout one level too high shows at once.
   Files that are not images by their extension, hidden files, files outside any class
-  folder and class folders without images are left out and counted in
+  folder, links to folders inside a class folder (never followed, so a link loop
+  cannot recur) and class folders without images are left out and counted in
   :attr:`Dataset.skipped`; an image that cannot be read is an error naming the file.
   If the folder has ``train/`` and ``test/`` subfolders they are the splits;
   otherwise a fixed, stratified 20% of each class (:data:`FOLDER_TEST_FRACTION`, chosen
@@ -460,6 +461,7 @@ HIDDEN = "hidden files or folders"
 OUTSIDE = "files outside a class folder"
 EMPTY_CLASS = "class folders without images"
 BESIDE_SPLITS = "folders beside train/ and test/"
+LINKED = "links to folders (not followed)"
 
 
 class _Tally:
@@ -481,6 +483,8 @@ def _image_files(folder: Path, tally: _Tally) -> list[Path]:
     for here, dirs, files in os.walk(folder):
         tally.skip(HIDDEN, sum(d.startswith(".") for d in dirs))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # os.walk lists links to folders but does not enter them
+        tally.skip(LINKED, sum((Path(here) / d).is_symlink() for d in dirs))
         for name in files:
             path = Path(here) / name
             if name.startswith("."):
