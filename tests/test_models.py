@@ -489,6 +489,8 @@ def test_resnet_plain_baseline_has_no_shortcuts():
     projections = sum(a * b + 2 * b for a, b in ((64, 128), (128, 256), (256, 512)))
     assert n_params(plain) == PARAMS["resnet18"] - projections
     assert n_params(meta_model("resnet50", shortcut=False)) < PARAMS["resnet50"]
+    with pytest.raises(ModelError, match="zero_init_residual needs the shortcuts"):
+        get_model("resnet18", shortcut=False, zero_init_residual=True)
     torch.manual_seed(0)
     small = get_model("resnet18", shortcut=False, small_input=True, num_classes=10, width=0.125)
     assert small(torch.randn(2, 3, 28, 28)).shape == (2, 10)

@@ -148,6 +148,8 @@ class ResNet(ConvNet):
         super().__init__()
         if stem_stride not in (1, 2) or (stem_stride != 1 and not small_input):
             raise ModelError(f"stem_stride is 1 or 2, small-input form only; got {stem_stride!r}")
+        if zero_init_residual and not shortcut:
+            raise ModelError("zero_init_residual needs the shortcuts; leave out shortcut=False")
         if len(layers) != len(STAGE_CHANNELS) or min(layers) < 1:
             raise ModelError(f"layers needs four positive block counts, got {tuple(layers)!r}")
         self.small_input = small_input
