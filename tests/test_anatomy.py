@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from convzoo import get_model, list_models, summary
-from convzoo.anatomy import Row, Summary, human
+from convzoo.anatomy import (
+    Row,
+    Summary,
+    check_memory,
+    human,
+    memory_estimate,
+    memory_terms,
+    receptive_fields,
+)
+from convzoo.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -180,3 +191,121 @@ def test_summary_of_a_model_without_rows():
     s = summary(nn.Identity(), (1, 4, 4))
     assert s.rows == [] and s.total_params == 0
     assert "total params: 0" in str(s)
+
+
+# ---------------------------------------------------------------------------- memory
+
+SMALL = dict(small_input=True, in_channels=1, num_classes=10)
+
+
+def test_memory_is_parameters_plus_images():
+    fixed, per_image = memory_terms("resnet18", SMALL, (1, 28, 28), training=False)
+    params = sum(p.numel() for p in meta_model("resnet18", **SMALL).parameters())
+    assert fixed == 4 * params  # float32
+    # At least the largest activation (64x28x28 after the stem), at most all of them.
+    assert 64 * 28 * 28 * 4 <= per_image < 20 * 64 * 28 * 28 * 4
+    for batch in (1, 7, 200_000):
+        est = memory_estimate("resnet18", SMALL, (1, 28, 28), batch, training=False)
+        assert est == fixed + batch * per_image
+
+
+def test_training_needs_more_than_inference():
+    infer = memory_terms("resnet18", SMALL, (1, 28, 28), training=False)
+    train = memory_terms("resnet18", SMALL, (1, 28, 28), training=True)
+    assert train[0] == 4 * infer[0]  # weights, gradients, two optimizer moments
+    # Every block's output is kept for the backward: the eight Residual outputs alone.
+    s = summary(meta_model("resnet18", **SMALL), (1, 28, 28))
+    kept = sum(4 * math.prod(r.output_shape) for r in kinds(s, "Residual"))
+    assert train[1] > kept and train[1] > infer[1]
+
+
+def test_check_memory_names_the_numbers_and_the_fix():
+    fixed, per_image = memory_terms("resnet18", SMALL, (1, 28, 28), training=False)
+    limit = fixed + 1000 * per_image + 1
+    assert check_memory("resnet18", SMALL, (1, 28, 28), 1000, training=False, limit=limit) == (
+        limit - 1
+    )
+    with pytest.raises(ConfigError) as err:
+        check_memory(
+            "resnet18",
+            SMALL,
+            (1, 28, 28),
+            200_000,
+            training=False,
+            limit=limit,
+            what="bench throughput",
+        )
+    msg = str(err.value)
+    assert msg.startswith("bench throughput: resnet18 (inference) at batch 200,000 of 1x28x28")
+    assert "(at most 1,000 images per batch fit); lower --batch, --width or --input" in msg
+    with pytest.raises(ConfigError, match="not even one image fits"):
+        check_memory("resnet18", SMALL, (1, 28, 28), 1, training=True, limit=fixed)
+
+
+def test_memory_of_sizes_beyond_a_tensor_is_refused_not_overflowed():
+    huge = (1, 10**9, 10**9)
+    est = memory_estimate("resnet18", SMALL, huge, 1, training=False)
+    assert est > 2**62
+    with pytest.raises(ConfigError, match="1x1000000000x1000000000"):
+        check_memory("resnet18", SMALL, huge, 1, training=True)
+    with pytest.raises(ConfigError, match="batch size"):
+        memory_estimate("resnet18", SMALL, (1, 28, 28), 0, training=False)
+    with pytest.raises(ConfigError, match="input size"):
+        memory_estimate("resnet18", SMALL, (1, 28), 1, training=False)
+
+
+# ---------------------------------------------------------------------------- receptive fields
+
+
+def test_receptive_fields_of_chains_match_the_published_figures():
+    vgg = receptive_fields(meta_model("vgg16"))
+    assert vgg["features.4.4"] == (196, 16)  # conv5_3
+    assert vgg["features.4"] == (212, 32)  # after pool5
+    alexnet = receptive_fields(meta_model("alexnet"))
+    assert alexnet["features.10"] == (163, 16)  # conv5
+    assert alexnet["features.12"] == (195, 32)  # pool5
+    assert receptive_fields(meta_model("resnet18"))["layer4"] == (435, 32)
+
+
+def test_receptive_fields_take_the_widest_branch():
+    g = receptive_fields(meta_model("googlenet"))
+    # 7x7/2 conv, 3x3/2 pool, 1x1, 3x3, 3x3/2 pool: 7, 11, 11, 19, 27 (jump 8).
+    assert g["stem"] == (27, 8)
+    assert g["inception3a"] == (27 + 4 * 8, 8)  # the 5x5 path
+    d = receptive_fields(meta_model("densenet121"))
+    assert d["stem"] == (11, 4)
+    # Six layers, each with one 3x3 conv at jump 4; the concatenation keeps the widest.
+    assert d["blocks.0"] == (11 + 6 * 2 * 4, 4)
+    assert d["blocks.1"] == (59 + 4, 8)  # the transition's 2x2/2 average pool
+    r = receptive_fields(meta_model("resnet18"))
+    # The first block of stage 2: two 3x3 convs (the first with stride 2, at jump 4,
+    # then at jump 8) beat the 1x1 projection shortcut.
+    assert r["layer1"] == (43, 4)
+    assert r["layer2.0.shortcut"] == (43, 8)
+    assert r["layer2.0"] == (43 + 2 * 4 + 2 * 8, 8)
+
+
+def test_summary_rows_carry_receptive_field_and_jump():
+    s = summary(meta_model("vgg16"))
+    blocks = kinds(s, "VGGBlock")
+    assert [(r.receptive_field, r.jump) for r in blocks] == [
+        (6, 2),
+        (16, 4),
+        (44, 8),
+        (100, 16),
+        (212, 32),
+    ]
+    table = str(s).splitlines()
+    assert table[1].split() == [
+        "block",
+        "type",
+        "output",
+        "shape",
+        "RF",
+        "jump",
+        "params",
+        "mult-adds",
+    ]
+    assert any(
+        line.split()[:5] == ["features.4", "VGGBlock", "512x7x7", "212", "32"] for line in table
+    )

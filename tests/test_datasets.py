@@ -255,3 +255,59 @@ def test_load_image(tmp_path, make_image_folder):
     (tmp_path / "t.png").write_text("nope")
     with pytest.raises(DataError, match=r"t\.png: not a readable image"):
         load_image(tmp_path / "t.png", 3, (4, 4))
+
+
+def test_incomplete_data_dir_is_an_error_not_a_fallback(tmp_path, data_env, make_idx_dataset):
+    make_idx_dataset(data_env.system / "fashion-mnist", 10, 10)
+    assert load_dataset("fashion-mnist").source == data_env.system / "fashion-mnist"
+    folder = make_idx_dataset(tmp_path / "fashion-mnist", 10, 10)
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert str(err.value).startswith(f"--data-dir {tmp_path}: no complete Fashion-MNIST there")
+    assert "lacks t10k-images-idx3-ubyte.gz" in str(err.value)
+
+
+def test_image_folder_counts_what_it_leaves_out(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "f", classes=("cat", "dog"), per_class=3)
+    assert load_dataset(str(root)).notes == ""
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / "anim.gif").write_bytes(b"GIF89a")
+    (root / "dog" / ".DS_Store").write_bytes(b"")
+    (root / "dog" / ".thumbs").mkdir()
+    (root / "README").write_text("about this folder")
+    (root / "empty").mkdir()
+    nested = root / "dog" / "2019"
+    nested.mkdir()
+    (root / "dog" / "dog_000.png").rename(nested / "dog_000.png")
+    ds = load_dataset(str(root))
+    assert ds.classes == ["cat", "dog"]
+    assert len(ds.train_labels) + len(ds.test_labels) == 6  # the nested image is in
+    assert ds.nested == 1
+    assert ds.skipped == {
+        "files not .png .jpg .jpeg .bmp": 2,
+        "hidden files or folders": 2,
+        "files outside a class folder": 1,
+        "class folders without images": 1,
+    }
+    assert ds.notes == (
+        "skipped 1 class folders without images, 2 files not .png .jpg .jpeg .bmp, 1 files "
+        "outside a class folder, 2 hidden files or folders; 1 image from nested folders"
+    )
+
+
+def test_nested_images_belong_to_their_top_level_class(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "n", classes=("a", "b"), per_class=2, split=True)
+    deep = root / "train" / "b" / "x" / "y"
+    deep.mkdir(parents=True)
+    for f in sorted((root / "train" / "b").glob("*.png")):
+        f.rename(deep / f.name)
+    (root / "extra").mkdir()
+    (deep / "loop").symlink_to(root / "train" / "b", target_is_directory=True)
+    ds = load_dataset(str(root))
+    assert ds.classes == ["a", "b"] and ds.nested == 2
+    assert torch.bincount(ds.train_labels).tolist() == [2, 2]
+    assert ds.skipped == {
+        "folders beside train/ and test/": 1,
+        "links to folders (not followed)": 1,
+    }

@@ -57,9 +57,31 @@ def test_search_order(tmp_path, data_env, make_idx_dataset, monkeypatch):
     assert (found.folder, found.origin) == (flat, "--data-dir")
     assert found.files["train_images"].name == "train-images-idx3-ubyte"
 
-    # an incomplete copy is skipped
+    # an incomplete copy in a folder the user named is not replaced by another one
     (flat / "t10k-labels-idx1-ubyte").unlink()
-    assert locate.find_dataset("fashion-mnist", data_dir=flat).origin == "$CONVZOO_DATA"
+    assert locate.find_dataset("fashion-mnist", data_dir=flat) is None
+    # without --data-dir, an incomplete copy is passed over
+    (env / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert locate.find_dataset("fashion-mnist").origin == "cache"
+
+
+def test_incomplete_data_dir_names_what_is_missing(tmp_path, data_env, make_idx_dataset):
+    make_idx_dataset(data_env.system / "fashion-mnist", 10, 10)  # a copy it must not use
+    folder = make_idx_dataset(tmp_path / "mine" / "fashion-mnist", 10, 10)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    (folder / "train-images-idx3-ubyte.gz").unlink()
+    assert locate.missing_files("fashion-mnist", folder) == [
+        "train-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+    msg = locate.not_in_data_dir("fashion-mnist", tmp_path / "mine")
+    assert msg.startswith(f"--data-dir {tmp_path / 'mine'}: no complete Fashion-MNIST there; ")
+    assert f"{folder} lacks train-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz" in msg
+    assert "leave out --data-dir" in msg and "\n" not in msg
+    # An empty folder: what it lacks is everything, said of the folder itself.
+    (tmp_path / "empty").mkdir()
+    msg = locate.not_in_data_dir("mnist", tmp_path / "empty")
+    assert f"{tmp_path / 'empty'} lacks train-images-idx3-ubyte.gz, train-labels" in msg
 
 
 def test_dotted_names_and_mnist_subfolder(tmp_path, data_env, make_idx_dataset):

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from convzoo import get_model, list_models, summary
-from convzoo.errors import ModelError
+from convzoo.errors import ConfigError, ModelError
+from convzoo.models import check_input_size
 from convzoo.models.densenet import ConvBlock, DenseBlock, conv_block, transition_block
 from convzoo.models.googlenet import AUX_LOSS_WEIGHT, Inception
-from convzoo.models.layers import min_input_size, output_size, scale_width
+from convzoo.models.layers import scale_width
 from convzoo.models.nin import mlpconv
 from convzoo.models.resnet import Bottleneck, Residual
 from convzoo.models.vgg import vgg_block, vgg_stack
@@ -85,6 +86,9 @@ def test_googlenet_aux_parameter_count():
     aux1 = 512 * 128 + 128 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
     aux2 = 528 * 128 + 128 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
     assert n_params(meta_model("googlenet", aux_logits=True)) == PARAMS["googlenet"] + aux1 + aux2
+    # The auxiliary heads sit on 4a (512 channels) and 4d (528).
+    model = meta_model("googlenet", aux_logits=True)
+    assert model.aux1.net[1].in_channels == 512 and model.aux2.net[1].in_channels == 528
 
 
 def test_width_scales_channels_and_dense_layers():
@@ -394,7 +398,7 @@ def test_densenet_seed_variant_and_options():
     convs = [m for m in seed.blocks.modules() if isinstance(m, nn.Conv2d)]
     assert sum(c.kernel_size == (3, 3) for c in convs) == 6 + 12 + 24 + 16
     assert n_params(seed) != n_params(bc)
-    # The seed's transitions halve the channels: 64 + 6 * 32 = 256 -> 128.
+    # d2l's transitions halve the channels: 64 + 6 * 32 = 256 -> 128.
     assert seed.blocks[1][2].out_channels == 128
     plain = meta_model("densenet121", bottleneck=False, compression=1.0)
     assert plain.blocks[1][2].out_channels == 256
@@ -414,13 +418,32 @@ def test_unknown_family_option_is_a_model_error():
         get_model("resnet18", aux_logits=True)
 
 
-def test_size_arithmetic():
-    assert output_size(224, 11, 4, 2) == 55
-    assert output_size(112, 3, 2, 0, ceil=True) == 56
-    assert output_size(7, 2, 2, 0, ceil=True) == 4
-    assert output_size(2, 3, 2, 0, ceil=True) == 1
-    assert min_input_size([(3, 2, 0, False)] * 2) == 7
-    assert min_input_size([]) == 1
+def test_check_input_size_names_the_fix():
+    alexnet = meta_model("alexnet")
+    check_input_size(alexnet, (3, 63, 63))
+    with pytest.raises(ConfigError) as err:
+        check_input_size(alexnet, (1, 28, 28))
+    assert str(err.value) == (
+        "alexnet (faithful form) needs images of at least 63 px, these are 28x28; "
+        "use --image-size 63 or --small-input"
+    )
+    with pytest.raises(ConfigError, match="use --input 1x63x63 or --small-input$"):
+        check_input_size(alexnet, (1, 28, 40), flag="--input")
+    small = meta_model("densenet121", small_input=True)
+    with pytest.raises(ConfigError, match=r"\(small-input form\).* 4x4; use --image-size 8$"):
+        check_input_size(small, (4, 4))
+
+
+def test_min_input_size_is_derived_once_per_architecture():
+    from convzoo.models import layers
+
+    model = meta_model("vgg11", small_input=False)
+    assert model.min_input_size == 32
+    key = (type(model), repr(model))
+    assert layers._SMALLEST[key] == 32
+    model.min_input_size = 5  # settable, e.g. to switch the check off
+    assert model.min_input_size == 5
+    assert meta_model("vgg11").min_input_size == 32
 
 
 def test_resnet_needs_four_stages():
@@ -453,3 +476,89 @@ def test_stem_stride_two_halves_the_small_form(name):
     assert summary(fast, (1, 28, 28)).total_macs < 0.4 * summary(plain, (1, 28, 28)).total_macs
     with pytest.raises(ModelError, match="stem_stride"):
         get_model(name, stem_stride=2)  # faithful form: the paper's stem only
+
+
+# ---------------------------------------------------------------------------- ablations
+
+
+def test_resnet_plain_baseline_has_no_shortcuts():
+    plain = meta_model("resnet18", shortcut=False)
+    blocks = [m for m in plain.modules() if isinstance(m, Residual)]
+    assert len(blocks) == 8 and all(b.shortcut is None for b in blocks)
+    # The three projections (1x1 conv and batch norm) are all that is gone.
+    projections = sum(a * b + 2 * b for a, b in ((64, 128), (128, 256), (256, 512)))
+    assert n_params(plain) == PARAMS["resnet18"] - projections
+    assert n_params(meta_model("resnet50", shortcut=False)) < PARAMS["resnet50"]
+    with pytest.raises(ModelError, match="zero_init_residual needs the shortcuts"):
+        get_model("resnet18", shortcut=False, zero_init_residual=True)
+    torch.manual_seed(0)
+    small = get_model("resnet18", shortcut=False, small_input=True, num_classes=10, width=0.125)
+    assert small(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    # With the last batch norm at zero, a block is the identity with its shortcut and
+    # zero without it.
+    x = torch.rand(1, 4, 5, 5)
+    for shortcut, expected in ((True, x), (False, torch.zeros_like(x))):
+        block = Residual(4, 4, shortcut=shortcut).eval()
+        nn.init.zeros_(block.bn2.weight)
+        assert torch.equal(block(x), expected)
+
+
+def test_nin_ablations_without_1x1_and_with_a_dense_head():
+    base = meta_model("nin", num_classes=10)
+    plain = meta_model("nin", num_classes=10, mlpconv_1x1=False)
+    convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [11, 5, 3, 3]
+    one_by_one = sum(2 * (c * c + c) for c in (96, 256, 384, 10))
+    assert n_params(plain) == n_params(base) - one_by_one
+    dense = meta_model("nin", num_classes=10, head="dense")
+    linear = [m for m in dense.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(384 * 5 * 5, 10)]
+    assert summary(dense).rows[-1].output_shape == (10,)
+    torch.manual_seed(0)
+    for options in ({"head": "dense"}, {"mlpconv_1x1": False}):
+        small = get_model("nin", small_input=True, num_classes=10, width=0.25, **options)
+        assert small(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+        assert small.min_input_size == 1
+    assert dense.min_input_size == base.min_input_size == 67
+    with pytest.raises(ModelError, match="head"):
+        get_model("nin", head="fc")
+
+
+@pytest.mark.parametrize("drop", [1, 2, 3, 4])
+def test_googlenet_without_one_inception_branch(drop):
+    keep = tuple(p for p in (1, 2, 3, 4) if p != drop)
+    model = meta_model("googlenet", branches=keep)
+    block = model.inception3a
+    assert getattr(block, f"p{drop}") is None
+    # 3a's paths give 64, 128, 32 and 32 channels.
+    assert block.out_channels == 256 - (64, 128, 32, 32)[drop - 1]
+    assert n_params(model) < PARAMS["googlenet"]
+    out = model(torch.empty(2, 3, 224, 224, device="meta"))
+    assert out.shape == (2, 1000)
+    with pytest.raises(ModelError, match="paths"):
+        get_model("googlenet", branches=(5,))
+
+
+def test_densenet_chain_keeps_the_widths():
+    dense = meta_model("densenet121")
+    chain = meta_model("densenet121", connect="chain")
+    assert [b.out_channels for b in chain.blocks if isinstance(b, DenseBlock)] == [
+        b.out_channels for b in dense.blocks if isinstance(b, DenseBlock)
+    ]
+    assert summary(chain).rows[-1].output_shape == (1000,)
+    block = DenseBlock(2, 4, 3, bottleneck=False, connect="chain").eval()
+    assert [layer[-1].out_channels for layer in block.net] == [7, 10]
+    x = torch.randn(1, 4, 6, 6)
+    assert block(x).shape == (1, 10, 6, 6)
+    assert torch.equal(block(x), block.net[1](block.net[0](x)))  # no concatenation
+    torch.manual_seed(0)
+    small = get_model("densenet121", connect="chain", small_input=True, num_classes=10, width=0.125)
+    assert small(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    with pytest.raises(ModelError, match="connect"):
+        get_model("densenet121", connect="sum")
+
+
+def test_alexnet_without_dropout():
+    model = meta_model("alexnet", dropout=False)
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0, 0]
+    assert n_params(model) == PARAMS["alexnet"]

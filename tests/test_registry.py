@@ -133,4 +133,66 @@ def test_cli_summary_too_small_for_faithful_form(capsys):
     assert main(["summary", "alexnet", "--input", "1x28x28"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "at least 63x63 px" in err[0] and "--small-input" in err[0]
+    assert err[0].endswith(
+        "alexnet (faithful form) needs images of at least 63 px, these are 28x28; "
+        "use --input 1x63x63 or --small-input"
+    )
+
+
+def test_registry_imports_no_model():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(registry))
+    imported = [
+        (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    ] + [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    assert imported and not any("models" in m for m in imported)
+
+
+# ------------------------------------------------------------ bounded before allocated
+
+
+def test_width_whose_channels_overflow_is_one_model_error():
+    with pytest.raises(ModelError, match="resnet18: cannot build it with these options") as err:
+        get_model("resnet18", width=1e9)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="cannot build") as err:
+        get_model("resnet18", num_classes=10**30)
+    assert "\n" not in str(err.value)
+
+
+def test_parameters_beyond_memory_are_refused_before_allocation(monkeypatch):
+    monkeypatch.setattr(registry, "available_memory", lambda: 2**30)
+    # resnet18 at width 10: about 1.1G parameters, 4.3 GiB of float32.
+    with pytest.raises(ModelError) as err:
+        get_model("resnet18", width=10)
+    assert str(err.value).startswith("resnet18 with width=10, num_classes=1000, in_channels=3")
+    assert "more than the 1.0 GiB of memory available; lower --width" in str(err.value)
+    with pytest.raises(ModelError, match="memory available"):
+        get_model("resnet18", in_channels=10**6)
+    with pytest.raises(ModelError, match="memory available"):
+        get_model("vgg11", num_classes=10**8)
+    with torch.device("meta"):  # shapes only: nothing to refuse
+        assert get_model("resnet18", width=10).layer4[0].conv1.out_channels == 5120
+    # Within the memory, it builds.
+    assert get_model("resnet18", width=0.125, num_classes=10).name == "resnet18"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dropout": 5.0},
+        {"layers": (1,)},
+        {"block_config": (10**6,)},
+        {"block_config": ("a",)},
+        {"growth_rate": 10**30},
+    ],
+    ids=["dropout", "layers", "depth", "type", "growth"],
+)
+def test_absurd_family_options_are_one_model_error(options):
+    name = {"dropout": "alexnet", "layers": "resnet18"}.get(next(iter(options)), "densenet121")
+    with pytest.raises(ModelError) as err:
+        with torch.device("meta"):
+            get_model(name, **options)
+    assert "\n" not in str(err.value)

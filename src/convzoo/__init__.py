@@ -6,6 +6,7 @@ each faithful to its paper at 224 px or in a small-input form for 28-32 px image
 
 import importlib
 
+from . import models  # noqa: F401  (registers every family)
 from .anatomy import Summary, summary
 from .errors import ConvzooError
 from .registry import get_model, list_models, register_model

@@ -1,7 +1,9 @@
 """The model registry: one name per architecture, built through one interface.
 
 Every family registers its constructors with :func:`register_model`; users build them
-with :func:`get_model` and browse them with :func:`list_models`.
+with :func:`get_model` and browse them with :func:`list_models`. Importing ``convzoo``
+imports :mod:`convzoo.models`, which registers every family; the registry itself imports
+no model.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -38,31 +41,69 @@ def register_model(fn: ModelFn | None = None, *, name: str | None = None):
     return add(fn) if fn is not None else add
 
 
-def _ensure_loaded() -> None:
-    from . import models  # noqa: F401  (importing the package registers every family)
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered models, optionally filtered by an fnmatch pattern."""
-    _ensure_loaded()
     names = sorted(_REGISTRY)
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
 
 
 def closest_names(name: str, n: int = 3) -> list[str]:
     """Registered names that look most like ``name``."""
-    _ensure_loaded()
     close = difflib.get_close_matches(name, list(_REGISTRY), n=n, cutoff=0.4)
     return close or [m for m in sorted(_REGISTRY) if m.startswith(name[:3])][:n]
 
 
 def check_model_name(name: str) -> None:
     """Raise :class:`ModelError` naming the closest matches if ``name`` is unknown."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         hint = closest_names(name)
         did_you_mean = f"; did you mean {', '.join(hint)}?" if hint else ""
         raise ModelError(f"unknown model {name!r}{did_you_mean} (`convzoo list` shows them all)")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still take: ``MemAvailable`` of /proc/meminfo
+    (Linux), else the machine's physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 40
+
+
+def gib(n: float) -> str:
+    """Bytes as GiB for a message: 2.5e9 -> '2.3 GiB'."""
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _positive_int(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _construct(name: str, options: dict) -> nn.Module:
+    """``_REGISTRY[name](**options)``; a bad option is one :class:`ModelError`."""
+    try:
+        return _REGISTRY[name](**options)
+    except ConvzooError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        # An unknown option, a value of the wrong type or out of a layer's range, or
+        # sizes beyond what a tensor can hold.
+        lines = str(exc).strip().splitlines()
+        detail = " ".join(lines[0].split())[:160] if lines else ""
+        if isinstance(exc, TypeError) and "keyword argument" in detail:
+            raise ModelError(f"{name}: {detail}") from None
+        raise ModelError(
+            f"{name}: cannot build it with these options ({type(exc).__name__}: {detail}); "
+            "use smaller values"
+        ) from None
 
 
 def get_model(
@@ -84,12 +125,18 @@ def get_model(
             small images (as the ResNet and DenseNet papers did for CIFAR).
         width: multiplier for every channel count.
         family_options: options of the family, e.g. ``aux_logits=True`` for GoogLeNet.
+
+    Every value is bounded before memory is spent on it: the model is first built on
+    the meta device (shapes only), and :class:`ModelError` says so when its parameters
+    alone would not fit in the memory available (:func:`available_memory`), or when
+    its sizes overflow what a tensor can hold. A model asked for on the meta device
+    (``with torch.device("meta")``) costs no memory: it is built once, and refused
+    only when its sizes overflow (so that a file's shapes can be compared with it, and
+    :func:`convzoo.anatomy.check_memory` can say what a run of it would need).
     """
     check_model_name(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ModelError(f"in_channels must be a positive integer, got {in_channels!r}")
+    _positive_int(num_classes, "num_classes")
+    _positive_int(in_channels, "in_channels")
     if (
         isinstance(width, bool)
         or not isinstance(width, (int, float))
@@ -97,18 +144,27 @@ def get_model(
         or not width > 0
     ):
         raise ModelError(f"width must be a positive number, got {width!r}")
-    try:
-        return _REGISTRY[name](
-            num_classes=num_classes,
-            in_channels=in_channels,
-            small_input=bool(small_input),
-            width=float(width),
-            **family_options,
+    options = dict(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        small_input=bool(small_input),
+        width=float(width),
+        **family_options,
+    )
+    if torch.empty(0).device.type == "meta":
+        return _construct(name, options)
+    with torch.device("meta"):
+        model = _construct(name, options)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = available_memory()
+    if params > free:
+        raise ModelError(
+            f"{name} with width={width:g}, num_classes={num_classes}, in_channels="
+            f"{in_channels} would hold {gib(params)} of parameters, more than the "
+            f"{gib(free)} of memory available; lower --width, --num-classes or the "
+            "input channels"
         )
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            raise ModelError(f"{name}: {exc}") from None
-        raise
+    return _construct(name, options)
 
 
 # -- models with their weights ----------------------------------------------------------

@@ -10,7 +10,15 @@ Every dataset is loaded once, completely, into memory: ``train_images`` and
   images of 3x32x32. The batches are pickles of numpy arrays and lists; they are read
   with an unpickler that can build nothing but those.
 * any folder of images in the one-folder-per-class layout (PNG, JPEG, BMP, read with
-  Pillow). If the folder has ``train/`` and ``test/`` subfolders they are the splits;
+  Pillow). Images in folders nested below a class folder belong to that class (a class
+  folder often sorts its images by source or date, ``dog/2019/x.png``; the top-level
+  folder is the label either way, and skipping them would lose data without a word);
+  :attr:`Dataset.nested` counts them, so a layout one level too high shows at once.
+  Files that are not images by their extension, hidden files, files outside any class
+  folder, links to folders inside a class folder (never followed, so a link loop
+  cannot recur) and class folders without images are left out and counted in
+  :attr:`Dataset.skipped`; an image that cannot be read is an error naming the file.
+  If the folder has ``train/`` and ``test/`` subfolders they are the splits;
   otherwise a fixed, stratified 20% of each class (:data:`FOLDER_TEST_FRACTION`, chosen
   by a generator seeded with 0, so always the same images) is held out as the test split.
   Images are grayscale (1 channel) when every image is grayscale, else RGB, and are
@@ -27,7 +35,7 @@ import pickle
 import posixpath
 import tarfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +101,12 @@ MAX_FOLDER_BYTES = 16 * 2**30
 
 @dataclass
 class Dataset:
-    """A whole dataset in memory."""
+    """A whole dataset in memory.
+
+    ``skipped`` maps a reason to how many files (or folders) of an image folder were
+    left out for it; ``nested`` counts the images read from folders below a class
+    folder. :attr:`notes` says both in one line, for a run's start-up line.
+    """
 
     name: str
     train_images: torch.Tensor  # uint8 (N, C, H, W)
@@ -102,6 +115,20 @@ class Dataset:
     test_labels: torch.Tensor  # int64 (M,)
     classes: list[str]
     source: Path
+    skipped: dict[str, int] = field(default_factory=dict)
+    nested: int = 0
+
+    @property
+    def notes(self) -> str:
+        """'' when nothing was left out or nested, else one line, e.g. "skipped 3 files
+        not .png .jpg .jpeg .bmp, 1 hidden files or folders; 12 images from nested
+        folders"."""
+        parts = [f"{n} {reason}" for reason, n in sorted(self.skipped.items()) if n]
+        line = f"skipped {', '.join(parts)}" if parts else ""
+        if self.nested:
+            nested = f"{self.nested} image{'s' if self.nested != 1 else ''} from nested folders"
+            line = f"{line}; {nested}" if line else nested
+        return line
 
     @property
     def num_classes(self) -> int:
@@ -146,6 +173,8 @@ def load_dataset(
     key = _normalise_name(name)
     if key in DATASET_NAMES and not _is_dir(name):
         found = locate.find_dataset(key, data_dir)
+        if found is None and data_dir is not None and str(data_dir) != "":
+            raise DataError(locate.not_in_data_dir(key, data_dir))
         if found is None:
             raise DataError(f"{key} not found (see `convzoo data where`); {locate.how_to_get(key)}")
         if key == "cifar10":
@@ -426,21 +455,62 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+# Reasons a file or folder of an image folder is left out (keys of Dataset.skipped).
+NOT_IMAGE = "files not " + " ".join(IMAGE_EXTENSIONS)
+HIDDEN = "hidden files or folders"
+OUTSIDE = "files outside a class folder"
+EMPTY_CLASS = "class folders without images"
+BESIDE_SPLITS = "folders beside train/ and test/"
+LINKED = "links to folders (not followed)"
 
 
-def _class_folders(root: Path) -> dict[str, list[Path]]:
+class _Tally:
+    """What a walk over an image folder left out, and how many images were nested."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}
+        self.nested = 0
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+def _image_files(folder: Path, tally: _Tally) -> list[Path]:
+    """The images under a class folder, nested folders included (not following links to
+    folders, so a link loop cannot recur), sorted by path."""
+    out = []
+    for here, dirs, files in os.walk(folder):
+        tally.skip(HIDDEN, sum(d.startswith(".") for d in dirs))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # os.walk lists links to folders but does not enter them
+        tally.skip(LINKED, sum((Path(here) / d).is_symlink() for d in dirs))
+        for name in files:
+            path = Path(here) / name
+            if name.startswith("."):
+                tally.skip(HIDDEN)
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                tally.skip(NOT_IMAGE)
+            else:
+                out.append(path)
+                if Path(here) != folder:
+                    tally.nested += 1
+    return sorted(out)
+
+
+def _class_folders(root: Path, tally: _Tally) -> dict[str, list[Path]]:
     out = {}
     for sub in sorted(root.iterdir()):
-        if sub.is_dir() and not sub.name.startswith("."):
-            files = _image_files(sub)
+        if sub.name.startswith("."):
+            tally.skip(HIDDEN)
+        elif sub.is_dir():
+            files = _image_files(sub, tally)
             if files:
                 out[sub.name] = files
+            else:
+                tally.skip(EMPTY_CLASS)
+        else:
+            tally.skip(OUTSIDE)
     return out
 
 
@@ -464,9 +534,18 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     The dataset's name and source are the folder's absolute path.
     """
     root = Path(root).expanduser().resolve()
+    tally = _Tally()
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train = _class_folders(root / "train")
-        test = _class_folders(root / "test")
+        for other in root.iterdir():  # what sits beside train/ and test/ is left out
+            if other.name.startswith("."):
+                tally.skip(HIDDEN)
+            elif other.is_dir():
+                if other.name not in ("train", "test"):
+                    tally.skip(BESIDE_SPLITS)
+            else:
+                tally.skip(OUTSIDE)
+        train = _class_folders(root / "train", tally)
+        test = _class_folders(root / "test", tally)
         if not train:
             raise DataError(f"{root / 'train'}: no class subfolders with images (.png .jpg .bmp)")
         strays = sorted(set(test) - set(train))
@@ -476,7 +555,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
         train_files = [(f, c) for c, name in enumerate(classes) for f in train[name]]
         test_files = [(f, c) for c, name in enumerate(classes) for f in test.get(name, [])]
     else:
-        found = _class_folders(root)
+        found = _class_folders(root, tally)
         if not found:
             raise DataError(
                 f"{root}: no class subfolders with images (.png .jpg .jpeg .bmp); "
@@ -501,7 +580,9 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     test_x = _stack([f for f, _ in test_files], channels, size)
     train_y = torch.tensor([c for _, c in train_files], dtype=torch.int64)
     test_y = torch.tensor([c for _, c in test_files], dtype=torch.int64)
-    return Dataset(str(root), train_x, train_y, test_x, test_y, classes, root)
+    return Dataset(
+        str(root), train_x, train_y, test_x, test_y, classes, root, tally.skipped, tally.nested
+    )
 
 
 def _hold_out(

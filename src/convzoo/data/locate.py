@@ -3,8 +3,11 @@
 Search order for a dataset (the first folder holding a complete copy wins):
 
 1. ``data_dir`` (``--data-dir``): its per-dataset subfolder (e.g. ``DIR/fashion-mnist``),
-   then the folder itself;
-2. ``$CONVZOO_DATA``, the same way;
+   then the folder itself. A folder the user names is used or refused: when it holds no
+   complete copy, nothing else is searched, and :func:`not_in_data_dir` says which files
+   are missing there (a silent fall-back would train on other data than
+   the user asked for, and record their folder as the source);
+2. ``$CONVZOO_DATA``, the same way (only when no ``data_dir`` is given);
 3. the user cache, ``$XDG_CACHE_HOME/convzoo/<dataset>`` (default ``~/.cache/convzoo``),
    where ``convzoo data fetch`` puts downloads;
 4. system-wide copies, ``/usr/share/datasets/<dataset>`` (Debian's
@@ -47,6 +50,8 @@ __all__ = [
     "find_dataset",
     "find_files",
     "how_to_get",
+    "missing_files",
+    "not_in_data_dir",
 ]
 
 CONNECT_TIMEOUT = 5.0  # seconds: connect, and each wait for data
@@ -233,22 +238,39 @@ def find_files(name: str, folder: str | os.PathLike) -> dict[str, Path] | None:
     return found
 
 
-def candidate_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """Every folder searched for ``name``, in order, each with its origin label."""
+def missing_files(name: str, folder: str | os.PathLike) -> list[str]:
+    """The files of dataset ``name`` that ``folder`` lacks (each under its official name;
+    an IDX file may also be raw or dotted); empty when the copy there is complete."""
     src = _source(name)
-    out: list[tuple[str, Path]] = []
-    roots: list[tuple[str, Path]] = []
+    folder = Path(folder)
+    if find_files(name, folder) is not None:
+        return []
+    if src.kind == "cifar":
+        return [f"{src.files[0].name} (or its extracted {CIFAR_FOLDER}/)"]
+    return [
+        remote.name
+        for remote in src.files
+        if not any((folder / c).is_file() for c in _idx_candidates(remote.name[:-3]))
+    ]
+
+
+def candidate_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """Every folder searched for ``name``, in order, each with its origin label.
+
+    With ``data_dir``, only the folders under it: the folder the user named is the one
+    used (see the module doc)."""
+    src = _source(name)
     if data_dir is not None and str(data_dir) != "":
         root = Path(data_dir).expanduser()
         if not root.is_dir():
             raise DataError(f"--data-dir {data_dir}: no such directory")
-        roots.append(("--data-dir", root))
+        return [("--data-dir", root / sub) for sub in src.folders] + [("--data-dir", root)]
+    out: list[tuple[str, Path]] = []
     env = os.environ.get("CONVZOO_DATA", "")
     if env:
-        roots.append(("$CONVZOO_DATA", Path(env).expanduser()))
-    for label, root in roots:
-        out += [(label, root / sub) for sub in src.folders]
-        out.append((label, root))
+        root = Path(env).expanduser()
+        out += [("$CONVZOO_DATA", root / sub) for sub in src.folders]
+        out.append(("$CONVZOO_DATA", root))
     out.append(("cache", default_dir(name)))
     for root in SYSTEM_ROOTS:
         out += [("system", root / sub) for sub in src.folders]
@@ -266,12 +288,34 @@ class Located:
 
 
 def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Located | None:
-    """The first complete copy of ``name`` in the search order, or None."""
+    """The first complete copy of ``name`` in the search order, or None.
+
+    With ``data_dir``, only the copy there (None when it is incomplete: see
+    :func:`not_in_data_dir`); nothing else is searched.
+    """
     for origin, folder in candidate_dirs(name, data_dir):
         files = find_files(name, folder)
         if files is not None:
             return Located(name, folder, origin, files)
     return None
+
+
+def not_in_data_dir(name: str, data_dir: str | os.PathLike) -> str:
+    """One line saying what ``data_dir`` lacks to hold dataset ``name``: the files
+    missing in the folder that comes closest (the per-dataset subfolder when it
+    exists, else ``data_dir`` itself), and the fix."""
+    candidates = candidate_dirs(name, data_dir)
+    folders = [f for _, f in candidates if f.is_dir()]
+    closest = min(folders, key=lambda f: (len(missing_files(name, f)), f == folders[-1]))
+    missing = missing_files(name, closest)
+    src = _source(name)
+    where = " or ".join(f"{data_dir}/{sub}" for sub in src.folders)
+    return (
+        f"--data-dir {data_dir}: no complete {src.title} there; {closest} lacks "
+        f"{', '.join(missing)} (looked in {where} and {data_dir} itself); "
+        f"put the files there, or leave out --data-dir to use the usual places "
+        "(`convzoo data where`)"
+    )
 
 
 def how_to_get(name: str, *, suggest_fetch: bool = True) -> str:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..registry import register_model
-from .layers import ConvNet, Spatial, init_weights, min_input_size, scale_width
+from ..registry import available_memory, gib, register_model
+from .layers import ConvNet, init_weights, scale_width
 
 # name -> (growth rate, layers per dense block, channels of the stem): Table 1.
 ARCHS: dict[str, tuple[int, tuple[int, ...], int]] = {
@@ -37,7 +37,7 @@ class Transition(nn.Sequential):
 
 
 def conv_block(in_channels: int, channels: int, kernel_size: int = 3) -> ConvBlock:
-    """The seed's ``conv_block``: batch norm, ReLU, then a bias-free convolution
+    """d2l's ``conv_block`` (section "Densely Connected Networks"): batch norm, ReLU, then a bias-free convolution
     (``kernel_size``, padding that keeps the height and width): the pre-activation
     order DenseNet uses."""
     return ConvBlock(
@@ -48,13 +48,19 @@ def conv_block(in_channels: int, channels: int, kernel_size: int = 3) -> ConvBlo
 
 
 class DenseBlock(nn.Module):
-    """The seed's ``DenseBlock``: ``num_layers`` layers, each adding ``growth_rate``
+    """d2l's ``DenseBlock``: ``num_layers`` layers, each adding ``growth_rate``
     channels that are concatenated to its input.
 
     With ``bottleneck`` (DenseNet-B, the paper's default for ImageNet) a layer is
     ``conv_block`` 1x1 to ``bn_size * growth_rate`` channels then ``conv_block`` 3x3
-    to ``growth_rate``; without it, a single 3x3 ``conv_block`` as in the seed.
+    to ``growth_rate``; without it, a single 3x3 ``conv_block`` as in d2l.
     Output channels: ``in_channels + num_layers * growth_rate``.
+
+    ``connect="chain"`` is the ablation of the dense connections: each layer sees only
+    the previous layer's output and itself produces as many channels as the
+    concatenation would hold there (its last convolution outputs
+    ``C + growth_rate`` channels, not ``growth_rate``), so the block's widths, and the
+    transitions and head after it, are those of the dense form.
     """
 
     def __init__(
@@ -65,30 +71,36 @@ class DenseBlock(nn.Module):
         *,
         bottleneck: bool = True,
         bn_size: int = 4,
+        connect: str = "dense",
     ) -> None:
         super().__init__()
+        if connect not in ("dense", "chain"):
+            raise ModelError(f'connect is "dense" or "chain", got {connect!r}')
+        self.connect = connect
         layers = []
         c = in_channels
         for _ in range(num_layers):
+            out = growth_rate if connect == "dense" else c + growth_rate
             if bottleneck:
                 inner = bn_size * growth_rate
-                layers.append(
-                    nn.Sequential(conv_block(c, inner, 1), conv_block(inner, growth_rate, 3))
-                )
+                layers.append(nn.Sequential(conv_block(c, inner, 1), conv_block(inner, out, 3)))
             else:
-                layers.append(conv_block(c, growth_rate, 3))
+                layers.append(conv_block(c, out, 3))
             c += growth_rate
         self.net = nn.ModuleList(layers)
         self.out_channels = c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
-            x = torch.cat([x, layer(x)], dim=1)  # (N, C + growth_rate, H, W)
+            if self.connect == "chain":
+                x = layer(x)  # (N, C + growth_rate, H, W), from the last output only
+            else:
+                x = torch.cat([x, layer(x)], dim=1)  # (N, C + growth_rate, H, W)
         return x
 
 
 def transition_block(in_channels: int, channels: int) -> Transition:
-    """The seed's ``transition_block``: batch norm, ReLU, 1x1 conv to ``channels``,
+    """d2l's ``transition_block``: batch norm, ReLU, 1x1 conv to ``channels``,
     2x2 average pool with stride 2 (halves the height and width)."""
     return Transition(
         nn.BatchNorm2d(in_channels),
@@ -105,7 +117,7 @@ class DenseNet(ConvNet):
     dense blocks separated by transition blocks that keep ``compression`` of the
     channels, then BN, ReLU, global average pool, dense to the classes (the paper's
     7x7 pool at 224 px). Defaults are DenseNet-BC (``bottleneck=True``,
-    ``compression=0.5``). The seed's simpler network (3x3 conv blocks, transitions
+    ``compression=0.5``). d2l's simpler network (3x3 conv blocks, transitions
     halving the channels) is ``bottleneck=False, compression=0.5``; the paper's plain
     DenseNet is ``bottleneck=False, compression=1.0``. He initialisation.
 
@@ -113,6 +125,10 @@ class DenseNet(ConvNet):
     as the paper did for CIFAR; the four dense blocks are kept (28 -> 28 -> 14 -> 7 -> 3).
     ``stem_stride=2`` halves the stem's output (28 -> 14 -> 7 -> 3 -> 1): a quarter of
     the multiply-adds, for fast training on a CPU (a departure from the paper).
+
+    ``connect="chain"`` chains the layers of every dense block instead of
+    concatenating their outputs (see :class:`DenseBlock`): the ablation of the paper's
+    one idea, at the same widths.
 
     ``width`` scales the growth rate and the stem's channels.
     """
@@ -131,6 +147,7 @@ class DenseNet(ConvNet):
         bn_size: int = 4,
         compression: float = 0.5,
         stem_stride: int = 1,
+        connect: str = "dense",
     ) -> None:
         super().__init__()
         if stem_stride not in (1, 2) or (stem_stride != 1 and not small_input):
@@ -143,10 +160,18 @@ class DenseNet(ConvNet):
         self.in_channels = in_channels
         growth = scale_width(growth_rate, width)
         c = scale_width(init_channels, width)
-        ops: list[Spatial]
+        # Layer k of a block has a convolution from at least k * growth channels and a
+        # 3x3 one to growth channels: a lower bound on the parameters, checked before
+        # thousands of layers are built.
+        least = 4 * growth * growth * sum(n * (n - 1) // 2 + 9 * n for n in block_config)
+        if least > available_memory():
+            raise ModelError(
+                f"block_config {tuple(block_config)} with growth {growth} needs more than "
+                f"{gib(least)} of parameters, more than the memory available; use fewer "
+                "layers or a smaller width"
+            )
         if small_input:
             stem: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, stem_stride, 1, bias=False)]
-            ops = [(3, stem_stride, 1, False)]
         else:
             stem = [
                 nn.Conv2d(in_channels, c, 7, 2, 3, bias=False),
@@ -154,20 +179,19 @@ class DenseNet(ConvNet):
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
             ]
-            ops = [(7, 2, 3, False), (3, 2, 1, False)]
         self.stem = nn.Sequential(*stem)
         blocks: list[nn.Module] = []
         for i, n in enumerate(block_config):
-            block = DenseBlock(n, c, growth, bottleneck=bottleneck, bn_size=bn_size)
+            block = DenseBlock(
+                n, c, growth, bottleneck=bottleneck, bn_size=bn_size, connect=connect
+            )
             blocks.append(block)
             c = block.out_channels
             if i != len(block_config) - 1:
                 out = max(1, int(c * compression))
                 blocks.append(transition_block(c, out))
-                ops.append((2, 2, 0, False))
                 c = out
         self.blocks = nn.Sequential(*blocks)
-        self.min_input_size = min_input_size(ops)
         self.head = nn.Sequential(
             nn.BatchNorm2d(c),
             nn.ReLU(inplace=True),

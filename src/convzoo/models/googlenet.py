@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..registry import register_model
-from .layers import ConvNet, Spatial, conv_relu, init_weights, min_input_size, scale_width
+from .layers import ConvNet, conv_relu, init_weights, scale_width
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTIONS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -27,10 +28,6 @@ INCEPTIONS: dict[str, tuple[int, int, int, int, int, int]] = {
     "5a": (256, 160, 320, 32, 128, 128),
     "5b": (384, 192, 384, 48, 128, 128),
 }
-# The Inception blocks of each stage; a max pool separates the stages.
-STAGES = (("3a", "3b"), ("4a", "4b", "4c", "4d", "4e"), ("5a", "5b"))
-AUX_AFTER = ("4a", "4d")  # where the auxiliary classifiers branch off
-AUX_LAYERS = tuple(f"inception{key}" for key in AUX_AFTER)
 AUX_LOSS_WEIGHT = 0.3  # the paper's weight of each auxiliary loss
 
 
@@ -44,11 +41,12 @@ def _conv(cin: int, cout: int, k: int, batch_norm: bool, **kw: int) -> list[nn.M
 
 
 class Inception(nn.Module):
-    """The seed's ``Inception`` block: four paths, concatenated along the channels.
+    """d2l's ``Inception`` block (section "Networks with Parallel Concatenations"): four paths, concatenated along the channels.
 
     Path 1: 1x1 conv (``n1_1``). Path 2: 1x1 (``n2_1``) then 3x3 (``n2_3``).
     Path 3: 1x1 (``n3_1``) then 5x5 (``n3_5``). Path 4: 3x3/1 max pool then 1x1
     (``n4_1``). Every convolution has a ReLU; all paths keep the height and width.
+    ``paths`` keeps only the paths named (1-4), for ablations; the others are absent.
     """
 
     def __init__(
@@ -62,22 +60,32 @@ class Inception(nn.Module):
         n4_1: int,
         *,
         batch_norm: bool = False,
+        paths: tuple[int, ...] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
+        if not paths or not set(paths) <= {1, 2, 3, 4}:
+            raise ModelError(f"Inception paths are some of 1, 2, 3, 4; got {paths!r}")
         bn = batch_norm
-        self.p1 = nn.Sequential(*_conv(in_channels, n1_1, 1, bn))
-        self.p2 = nn.Sequential(
-            *_conv(in_channels, n2_1, 1, bn), *_conv(n2_1, n2_3, 3, bn, padding=1)
-        )
-        self.p3 = nn.Sequential(
-            *_conv(in_channels, n3_1, 1, bn), *_conv(n3_1, n3_5, 5, bn, padding=2)
-        )
-        self.p4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *_conv(in_channels, n4_1, 1, bn))
-        self.out_channels = n1_1 + n2_3 + n3_5 + n4_1
+        self.p1 = self.p2 = self.p3 = self.p4 = None
+        if 1 in paths:
+            self.p1 = nn.Sequential(*_conv(in_channels, n1_1, 1, bn))
+        if 2 in paths:
+            self.p2 = nn.Sequential(
+                *_conv(in_channels, n2_1, 1, bn), *_conv(n2_1, n2_3, 3, bn, padding=1)
+            )
+        if 3 in paths:
+            self.p3 = nn.Sequential(
+                *_conv(in_channels, n3_1, 1, bn), *_conv(n3_1, n3_5, 5, bn, padding=2)
+            )
+        if 4 in paths:
+            self.p4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *_conv(in_channels, n4_1, 1, bn))
+        widths = {1: n1_1, 2: n2_3, 3: n3_5, 4: n4_1}
+        self.out_channels = sum(widths[p] for p in set(paths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (N, C, H, W) -> (N, n1_1 + n2_3 + n3_5 + n4_1, H, W)
-        return torch.cat([self.p1(x), self.p2(x), self.p3(x), self.p4(x)], dim=1)
+        # (N, C, H, W) -> (N, n1_1 + n2_3 + n3_5 + n4_1, H, W) with every path
+        paths = (self.p1, self.p2, self.p3, self.p4)
+        return torch.cat([p(x) for p in paths if p is not None], dim=1)
 
 
 class AuxClassifier(nn.Module):
@@ -127,6 +135,8 @@ class GoogLeNet(ConvNet):
         lrn: local response normalisation after the first max pool and after the
             3x3 conv, as in the paper's Figure 3 (off by default, as in most
             re-implementations).
+        branches: the Inception paths every block keeps (1: 1x1, 2: 3x3, 3: 5x5,
+            4: pool), for ablations: ``branches=(1, 2, 4)`` drops the 5x5 path.
 
     He initialisation (the paper does not give its initialisation).
 
@@ -149,6 +159,7 @@ class GoogLeNet(ConvNet):
         batch_norm: bool = False,
         lrn: bool = False,
         dropout: float = 0.4,
+        branches: tuple[int, ...] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
         self.small_input = small_input
@@ -159,49 +170,50 @@ class GoogLeNet(ConvNet):
         def w(c: int) -> int:
             return scale_width(c, width)
 
-        def pool(name: str) -> None:
+        def pool() -> nn.MaxPool2d:
             if small_input:
-                layers[name] = nn.MaxPool2d(3, 2, 1)
-                ops.append((3, 2, 1, False))
-            else:
-                layers[name] = nn.MaxPool2d(3, 2, ceil_mode=True)
-                ops.append((3, 2, 0, True))
+                return nn.MaxPool2d(3, 2, 1)
+            return nn.MaxPool2d(3, 2, ceil_mode=True)
 
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        ops: list[Spatial] = []
+        def inception(key: str, cin: int) -> Inception:
+            return Inception(
+                cin, *(w(n) for n in INCEPTIONS[key]), batch_norm=bn, paths=tuple(branches)
+            )
+
+        stem: OrderedDict[str, nn.Module] = OrderedDict()
         k1, s1, p1 = (3, 1, 1) if small_input else (7, 2, 3)
-        layers["conv1"] = BasicConv(*_conv(in_channels, w(64), k1, bn, stride=s1, padding=p1))
-        ops.append((k1, s1, p1, False))
-        pool("pool1")
+        stem["conv1"] = BasicConv(*_conv(in_channels, w(64), k1, bn, stride=s1, padding=p1))
+        stem["pool1"] = pool()
         if lrn:
-            layers["lrn1"] = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
-        layers["conv2"] = BasicConv(*_conv(w(64), w(64), 1, bn))
-        layers["conv3"] = BasicConv(*_conv(w(64), w(192), 3, bn, padding=1))
+            stem["lrn1"] = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+        stem["conv2"] = BasicConv(*_conv(w(64), w(64), 1, bn))
+        stem["conv3"] = BasicConv(*_conv(w(64), w(192), 3, bn, padding=1))
         if lrn:
-            layers["lrn2"] = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+            stem["lrn2"] = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
         if not small_input:
-            pool("pool2")
-        c = w(192)
-        aux_channels = []
-        for i, stage in enumerate(STAGES):
-            if i > 0:
-                pool(f"pool{i + 2}")
-            for key in stage:
-                block = Inception(c, *(w(n) for n in INCEPTIONS[key]), batch_norm=bn)
-                layers[f"inception{key}"] = block
-                c = block.out_channels
-                if key in AUX_AFTER:
-                    aux_channels.append(c)
-        self.features = nn.Sequential(layers)
-        self.min_input_size = min_input_size(ops)
+            stem["pool2"] = pool()
+        self.stem = nn.Sequential(stem)
+        self.inception3a = inception("3a", w(192))
+        self.inception3b = inception("3b", self.inception3a.out_channels)
+        self.pool3 = pool()
+        self.inception4a = inception("4a", self.inception3b.out_channels)
+        self.inception4b = inception("4b", self.inception4a.out_channels)
+        self.inception4c = inception("4c", self.inception4b.out_channels)
+        self.inception4d = inception("4d", self.inception4c.out_channels)
+        self.inception4e = inception("4e", self.inception4d.out_channels)
+        self.pool4 = pool()
+        self.inception5a = inception("5a", self.inception4e.out_channels)
+        self.inception5b = inception("5b", self.inception5a.out_channels)
+        c = self.inception5b.out_channels
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes)
         )
+        self.aux1: AuxClassifier | None = None
+        self.aux2: AuxClassifier | None = None
         if aux_logits:
-            self.aux1 = AuxClassifier(aux_channels[0], num_classes, width=width, batch_norm=bn)
-            self.aux2 = AuxClassifier(aux_channels[1], num_classes, width=width, batch_norm=bn)
-        else:
-            self.aux1 = self.aux2 = None
+            c4a, c4d = self.inception4a.out_channels, self.inception4d.out_channels
+            self.aux1 = AuxClassifier(c4a, num_classes, width=width, batch_norm=bn)
+            self.aux2 = AuxClassifier(c4d, num_classes, width=width, batch_norm=bn)
         outputs = [self.head[-1]] + [
             aux.net[-1] for aux in (self.aux1, self.aux2) if aux is not None
         ]
@@ -210,15 +222,23 @@ class GoogLeNet(ConvNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_input(x)
         want_aux = self.aux_logits and self.training
-        aux = []
-        for name, layer in self.features.named_children():
-            x = layer(x)  # ... -> (N, 1024, 7, 7) after inception5b at 224 px
-            if want_aux and name in AUX_LAYERS:
-                head = (self.aux1, self.aux2)[AUX_LAYERS.index(name)]
-                aux.append(head(x))  # (N, num_classes)
+        x = self.stem(x)  # (N, 192, 28, 28) at 224 px
+        x = self.inception3a(x)  # (N, 256, 28, 28)
+        x = self.inception3b(x)  # (N, 480, 28, 28)
+        x = self.pool3(x)  # (N, 480, 14, 14)
+        x = self.inception4a(x)  # (N, 512, 14, 14)
+        aux1 = self.aux1(x) if want_aux else None  # (N, num_classes)
+        x = self.inception4b(x)  # (N, 512, 14, 14)
+        x = self.inception4c(x)  # (N, 512, 14, 14)
+        x = self.inception4d(x)  # (N, 528, 14, 14)
+        aux2 = self.aux2(x) if want_aux else None  # (N, num_classes)
+        x = self.inception4e(x)  # (N, 832, 14, 14)
+        x = self.pool4(x)  # (N, 832, 7, 7)
+        x = self.inception5a(x)  # (N, 832, 7, 7)
+        x = self.inception5b(x)  # (N, 1024, 7, 7)
         logits = self.head(x)  # (N, num_classes)
         if want_aux:
-            return logits, aux[0], aux[1]
+            return logits, aux1, aux2
         return logits
 
 

@@ -7,15 +7,13 @@ here.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from ..errors import ModelError
-
-# A spatial operation on the main path: (kernel, stride, padding, ceil_mode).
-Spatial = tuple[int, int, int, bool]
+from ..errors import ConfigError, ModelError
 
 
 def scale_width(channels: int, width: float) -> int:
@@ -24,35 +22,6 @@ def scale_width(channels: int, width: float) -> int:
     ``width=0.25`` gives the quarter-width networks the d2l book trained on a CPU.
     """
     return max(1, int(math.floor(channels * width + 0.5)))
-
-
-def output_size(
-    size: int, kernel: int, stride: int = 1, padding: int = 0, ceil: bool = False
-) -> int:
-    """Output height of a convolution or pooling, by PyTorch's rule (also in ceil mode)."""
-    span = size + 2 * padding - kernel
-    if ceil:
-        out = -(-span // stride) + 1
-        # PyTorch drops a last window that would start in the right padding.
-        if (out - 1) * stride >= size + padding:
-            out -= 1
-        return out
-    return span // stride + 1
-
-
-def min_input_size(ops: Iterable[Spatial]) -> int:
-    """Smallest H=W that leaves at least one pixel after every operation in ``ops``."""
-    ops = list(ops)
-    size = 1
-    while True:
-        n = size
-        for kernel, stride, padding, ceil in ops:
-            n = output_size(n, kernel, stride, padding, ceil)
-            if n < 1:
-                break
-        else:
-            return size
-        size += 1
 
 
 def conv_relu(
@@ -105,6 +74,72 @@ def init_weights(
         nn.init.normal_(m.weight, 0.0, 0.01)
 
 
+# The largest side searched for a model's smallest input; no network here needs more.
+_MAX_PROBE = 1 << 14
+# Smallest inputs found so far, by (class, repr): the repr lists every layer with its
+# kernel, stride and padding, so two models with the same one share the answer.
+_SMALLEST: dict[tuple[type, str], int] = {}
+
+
+def smallest_input(model: ConvNet) -> int:
+    """Smallest H=W for which ``model``'s forward runs: found by running the forward on
+    the meta device (shapes only, no arithmetic, no memory), so the layers themselves
+    are the one description of the network.
+
+    Exponential then binary search, which assumes that a size that works stays working
+    for every larger one (true of convolutions and pooling: output sizes never shrink
+    as the input grows). The forward runs in evaluation mode on one image; the model's
+    own size check and any forward hooks on its modules (a summary's, say) are switched
+    off meanwhile.
+    """
+    key = (type(model), repr(model))
+    if key in _SMALLEST:
+        return _SMALLEST[key]
+    from torch.func import functional_call
+
+    state = {
+        k: torch.empty_like(v, device="meta")
+        for k, v in [*model.named_parameters(), *model.named_buffers()]
+    }
+
+    def runs(size: int) -> bool:
+        x = torch.empty(1, model.in_channels, size, size, device="meta")
+        try:
+            functional_call(model, state, (x,))
+        except RuntimeError:  # the layers refuse an input that leaves no pixel
+            return False
+        return True
+
+    was_training, saved = model.training, model.__dict__.get("_min_input_size")
+    hooks = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
+    for m, _, _ in hooks:
+        m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
+    model.eval()
+    model._min_input_size = 1
+    try:
+        ok = 1
+        while not runs(ok):
+            ok *= 2
+            if ok > _MAX_PROBE:
+                raise ModelError(f"{model.name} runs on no input up to {_MAX_PROBE} px")
+        bad = ok // 2  # fails (or 0)
+        while ok - bad > 1:
+            mid = (ok + bad) // 2
+            if runs(mid):
+                ok = mid
+            else:
+                bad = mid
+    finally:
+        for m, post, pre in hooks:
+            m._forward_hooks, m._forward_pre_hooks = post, pre
+        model.train(was_training)
+        model._min_input_size = saved
+    if len(_SMALLEST) > 256:
+        _SMALLEST.clear()
+    _SMALLEST[key] = ok
+    return ok
+
+
 class ConvNet(nn.Module):
     """Base of every convzoo model: its registered name and the input checks.
 
@@ -112,17 +147,28 @@ class ConvNet(nn.Module):
         name: the registered name, e.g. ``"resnet18"``.
         small_input: True for the 28-32 px form.
         in_channels: channels the model was built for.
-        min_input_size: smallest H=W the forward accepts.
+        min_input_size: smallest H=W the forward accepts, derived from the layers
+            (:func:`smallest_input`) the first time it is asked for.
     """
 
     name: str = "model"
     small_input: bool = False
     in_channels: int = 3
-    min_input_size: int = 1
+    _min_input_size: int | None = None
+
+    @property
+    def min_input_size(self) -> int:
+        if self._min_input_size is None:
+            self._min_input_size = smallest_input(self)
+        return self._min_input_size
+
+    @min_input_size.setter
+    def min_input_size(self, value: int) -> None:
+        self._min_input_size = value
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise :class:`ModelError` for a batch this model cannot take, saying what to do."""
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
             return
         if x.dim() != 4:
             raise ModelError(
@@ -146,3 +192,28 @@ class ConvNet(nn.Module):
                 f"{self.name} needs images of at least {m}x{m} px in its {form} form, "
                 f"got {h}x{w}; {hint}"
             )
+
+
+def check_input_size(
+    model: ConvNet, input_size: tuple[int, ...], *, flag: str = "--image-size"
+) -> None:
+    """:class:`ConfigError` when images of ``input_size`` ((C, H, W) or (H, W)) are too
+    small for ``model``; the message names the option that fixes it (``flag``:
+    ``--image-size`` for training, ``--input`` for the commands that take CxHxW)."""
+    h, w = int(input_size[-2]), int(input_size[-1])
+    n = model.min_input_size
+    if min(h, w) >= n:
+        return
+    small = bool(getattr(model, "small_input", False))
+    form = "small-input" if small else "faithful"
+    if flag == "--input":
+        c = int(input_size[0]) if len(input_size) == 3 else model.in_channels
+        fix = f"--input {c}x{n}x{n}"
+    else:
+        fix = f"{flag} {n}"
+    if not small:
+        fix += " or --small-input"
+    raise ConfigError(
+        f"{getattr(model, 'name', type(model).__name__)} ({form} form) needs images of at "
+        f"least {n} px, these are {h}x{w}; use {fix}"
+    )

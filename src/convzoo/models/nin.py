@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..registry import register_model
-from .layers import ConvNet, Spatial, conv_relu, init_weights, min_input_size, scale_width
+from .layers import ConvNet, conv_relu, init_weights, scale_width
 
-# (channels, kernel, stride, padding) of the first three mlpconv blocks: the seed's plan.
+# (channels, kernel, stride, padding) of the first three mlpconv blocks: d2l's plan.
 PLAN = (
     (96, 11, 4, 0),
     (256, 5, 1, 2),
@@ -36,25 +37,28 @@ def mlpconv(
     *,
     in_channels: int,
     pool_padding: int = 0,
+    one_by_one: bool = True,
 ) -> MLPConv:
-    """The seed's ``mlpconv``: conv(kernel_size) + conv(1x1) + conv(1x1), each with
+    """d2l's NiN block (``nin_block`` in d2l, ``mlpconv`` in the paper): conv(kernel_size) + conv(1x1) + conv(1x1), each with
     ReLU, then (if ``max_pooling``) a 3x3 max pool with stride 2 and ``pool_padding``.
+    ``one_by_one=False`` leaves out the two 1x1 convolutions (an ablation).
     """
     layers = conv_relu(in_channels, channels, kernel_size, stride=stride, padding=padding)
-    layers += conv_relu(channels, channels, 1)
-    layers += conv_relu(channels, channels, 1)
+    if one_by_one:
+        layers += conv_relu(channels, channels, 1)
+        layers += conv_relu(channels, channels, 1)
     if max_pooling:
         layers.append(nn.MaxPool2d(3, 2, pool_padding))
     return MLPConv(*layers)
 
 
 class NiN(ConvNet):
-    """Network in Network with the seed's plan.
+    """Network in Network with d2l's plan.
 
     Faithful form (224 px): mlpconv 96 (11x11/4), 256 (5x5), 384 (3x3), each followed
     by a 3x3/2 max pool (224 -> 54 -> 26 -> 12 -> 5), dropout 0.5, a final mlpconv
     (3x3) with ``num_classes`` channels, global average pooling; no dense layer. This
-    is the seed's (and d2l's) ImageNet plan; the paper's own ImageNet model is not
+    is d2l's ImageNet plan (section "Network in Network"); the paper's own ImageNet model is not
     given in the paper. He initialisation (fan in); the last 1x1 conv, which
     gives the class scores, starts from N(0, 0.01). Without batch norm, and with the
     ReLU on the class scores, it starts slowly with plain SGD; Adam or a warmup helps.
@@ -62,6 +66,14 @@ class NiN(ConvNet):
     Small-input form (28-32 px): the same blocks, but the first convolution is 3x3
     with stride 1 and padding 1, and the max pools have padding 1 (28 -> 14 -> 7 -> 4,
     32 -> 16 -> 8 -> 4).
+
+    Ablations of the paper's two ideas: ``mlpconv_1x1=False`` drops the 1x1
+    convolutions of every block (a plain convolutional network of the same plan), and
+    ``head="dense"`` replaces the global average pooling head by a dense layer, as the
+    paper's comparison in section 4.6 did: the last block then keeps the previous
+    block's channels, and an adaptive average pool to its size at the design input
+    (5x5 at 224 px, 4x4 small; the identity there) feeds one dense layer to the
+    classes (N(0, 0.01) initialisation).
 
     ``width`` scales every channel count except the final ``num_classes`` channels.
     """
@@ -74,28 +86,39 @@ class NiN(ConvNet):
         small_input: bool = False,
         width: float = 1.0,
         dropout: float = 0.5,
+        mlpconv_1x1: bool = True,
+        head: str = "gap",
     ) -> None:
         super().__init__()
         self.small_input = small_input
         self.in_channels = in_channels
         blocks: list[nn.Module] = []
-        ops: list[Spatial] = []
         c = in_channels
         pool_pad = 1 if small_input else 0
         for i, (out, k, s, p) in enumerate(PLAN):
             if small_input and i == 0:
                 k, s, p = 3, 1, 1
             out = scale_width(out, width)
-            blocks.append(mlpconv(out, k, p, s, in_channels=c, pool_padding=pool_pad))
-            ops += [(k, s, p, False), (3, 2, pool_pad, False)]
+            blocks.append(
+                mlpconv(out, k, p, s, in_channels=c, pool_padding=pool_pad, one_by_one=mlpconv_1x1)
+            )
             c = out
         blocks.append(nn.Dropout(dropout))
-        blocks.append(mlpconv(num_classes, 3, 1, max_pooling=False, in_channels=c))
-        ops.append((3, 1, 1, False))
-        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if head == "gap":
+            last = mlpconv(
+                num_classes, 3, 1, max_pooling=False, in_channels=c, one_by_one=mlpconv_1x1
+            )
+            blocks += [last, nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            output = last[-2]  # the conv that gives the class scores
+        elif head == "dense":
+            side = 4 if small_input else 5
+            last = mlpconv(c, 3, 1, max_pooling=False, in_channels=c, one_by_one=mlpconv_1x1)
+            output = nn.Linear(c * side * side, num_classes)
+            blocks += [last, nn.AdaptiveAvgPool2d(side), nn.Flatten(), output]
+        else:
+            raise ModelError(f'head is "gap" or "dense", got {head!r}')
         self.net = nn.Sequential(*blocks)
-        self.min_input_size = min_input_size(ops)
-        init_weights(self, conv_mode="fan_in", outputs=[self.net[-3][-2]])
+        init_weights(self, conv_mode="fan_in", outputs=[output])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -105,7 +128,7 @@ class NiN(ConvNet):
 
 @register_model
 def nin(**options: Any) -> NiN:
-    """Network in Network, the seed's plan (Lin et al. 2014); options as :class:`NiN`."""
+    """Network in Network, d2l's plan (Lin et al. 2014); options as :class:`NiN`."""
     model = NiN(**options)
     model.name = "nin"
     return model

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..registry import register_model
-from .layers import ConvNet, Spatial, init_weights, min_input_size, scale_width
+from .layers import ConvNet, init_weights, scale_width
 
 
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
@@ -31,24 +31,27 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
 
 
 class Residual(nn.Module):
-    """The seed's ``Residual`` (basic block): 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
+    """d2l's ``Residual`` (section "Residual Networks"; the basic block): 3x3 conv, BN, ReLU, 3x3 conv, BN, plus
     the shortcut, then ReLU.
 
     The first convolution has stride ``stride``; when the stride is not 1 or the
     channels change, the shortcut is a 1x1 convolution with that stride and batch
-    norm (the seed's ``same_shape=False``). Convolutions are bias-free, as each is
-    followed by batch norm.
+    norm (d2l's ``Residual`` with its 1x1 convolution). Convolutions are bias-free, as each is
+    followed by batch norm. ``shortcut=False`` drops the shortcut: the paper's "plain"
+    block.
     """
 
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, stride: int = 1, *, shortcut: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = _projection(in_channels, channels, stride)
+        self.shortcut = _projection(in_channels, channels, stride) if shortcut else None
         self.relu = nn.ReLU(inplace=True)
         self.out_channels = channels
 
@@ -56,6 +59,8 @@ class Residual(nn.Module):
         # (N, C_in, H, W) -> (N, channels, H / stride, W / stride)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.shortcut is None:
+            return self.relu(out)
         return self.relu(out + self.shortcut(x))
 
 
@@ -66,12 +71,14 @@ class Bottleneck(nn.Module):
 
     The stride sits on the 3x3 convolution, not on the first 1x1 as in the paper
     (the "v1.5" form that torchvision and most later work use). The shortcut is a
-    1x1 projection with batch norm when the shape changes.
+    1x1 projection with batch norm when the shape changes; ``shortcut=False`` drops it.
     """
 
     expansion = 4
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, stride: int = 1, *, shortcut: bool = True
+    ) -> None:
         super().__init__()
         out = channels * self.expansion
         self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
@@ -80,7 +87,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv3 = nn.Conv2d(channels, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.shortcut = _projection(in_channels, out, stride)
+        self.shortcut = _projection(in_channels, out, stride) if shortcut else None
         self.relu = nn.ReLU(inplace=True)
         self.out_channels = out
 
@@ -89,6 +96,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.shortcut is None:
+            return self.relu(out)
         return self.relu(out + self.shortcut(x))
 
 
@@ -117,6 +126,9 @@ class ResNet(ConvNet):
     ``stem_stride=2`` halves the stem's output (28 -> 14 -> 14 -> 7 -> 4 -> 2): a quarter
     of the multiply-adds, for fast training on a CPU (a departure from the paper).
 
+    ``shortcut=False`` removes every shortcut: the paper's plain-18/34 baselines
+    (section 4.1), which it shows train worse than the same depth with shortcuts.
+
     ``width`` scales every channel count.
     """
 
@@ -131,23 +143,24 @@ class ResNet(ConvNet):
         width: float = 1.0,
         zero_init_residual: bool = False,
         stem_stride: int = 1,
+        shortcut: bool = True,
     ) -> None:
         super().__init__()
         if stem_stride not in (1, 2) or (stem_stride != 1 and not small_input):
             raise ModelError(f"stem_stride is 1 or 2, small-input form only; got {stem_stride!r}")
+        if zero_init_residual and not shortcut:
+            raise ModelError("zero_init_residual needs the shortcuts; leave out shortcut=False")
         if len(layers) != len(STAGE_CHANNELS) or min(layers) < 1:
             raise ModelError(f"layers needs four positive block counts, got {tuple(layers)!r}")
         self.small_input = small_input
         self.in_channels = in_channels
         c = scale_width(64, width)
-        ops: list[Spatial]
         if small_input:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, c, 3, stem_stride, 1, bias=False),
                 nn.BatchNorm2d(c),
                 nn.ReLU(inplace=True),
             )
-            ops = [(3, stem_stride, 1, False)]
         else:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, c, 7, 2, 3, bias=False),
@@ -155,19 +168,18 @@ class ResNet(ConvNet):
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
             )
-            ops = [(7, 2, 3, False), (3, 2, 1, False)]
         stages = []
         for i, (n, channels) in enumerate(zip(layers, STAGE_CHANNELS, strict=True)):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n):
-                b = block(c, scale_width(channels, width), stride if j == 0 else 1)
+                b = block(
+                    c, scale_width(channels, width), stride if j == 0 else 1, shortcut=shortcut
+                )
                 blocks.append(b)
                 c = b.out_channels
             stages.append(nn.Sequential(*blocks))
-            ops.append((3, stride, 1, False))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.min_input_size = min_input_size(ops)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
         init_weights(self, conv_mode="fan_out", outputs=[self.head[-1]])
         if zero_init_residual:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..registry import register_model
-from .layers import ConvNet, conv_relu, init_weights, min_input_size, scale_width
+from .layers import ConvNet, conv_relu, init_weights, scale_width
 
 # (num_convs, channels) per block: the paper's Table 1.
 CONFIGS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -40,7 +40,7 @@ def vgg_block(
     batch_norm: bool = False,
     ceil_mode: bool = False,
 ) -> VGGBlock:
-    """The seed's ``vgg_block``: ``num_convs`` 3x3 convolutions (padding 1) with ReLU,
+    """d2l's ``vgg_block`` (section "Networks Using Blocks (VGG)"): ``num_convs`` 3x3 convolutions (padding 1) with ReLU,
     then a 2x2 max pool with stride 2 that halves the height and width.
 
     ``batch_norm`` puts batch norm between each convolution and its ReLU (the common
@@ -63,7 +63,7 @@ def vgg_stack(
     batch_norm: bool = False,
     ceil_mode: bool = False,
 ) -> nn.Sequential:
-    """The seed's ``vgg_stack``: one :func:`vgg_block` per ``(num_convs, channels)``."""
+    """d2l's ``vgg_stack``: one :func:`vgg_block` per ``(num_convs, channels)``."""
     blocks = []
     c = in_channels
     for num_convs, channels in architecture:
@@ -113,7 +113,6 @@ class VGG(ConvNet):
         self.features = vgg_stack(
             arch, in_channels=in_channels, batch_norm=batch_norm, ceil_mode=small_input
         )
-        self.min_input_size = min_input_size((2, 2, 0, small_input) for _ in arch)
         side = 1 if small_input else 7
         self.avgpool = nn.AdaptiveAvgPool2d(side)
         head: list[nn.Module] = [nn.Flatten()]
