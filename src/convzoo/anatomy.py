@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from .device import available_memory, gib
 from .errors import ConfigError
-from .registry import available_memory, get_model, gib
+from .registry import get_model
 
 # Layers that neither change the shape nor hold weights get no row of their own.
 _QUIET = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Dropout, nn.Identity, nn.Softmax)

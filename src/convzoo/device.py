@@ -111,3 +111,24 @@ def busy_machine_warning(threads: int) -> str | None:
         f"busy and this run wants {threads} thread{plural}; training will be slower and a "
         "--time-budget run will do fewer steps (fewer --threads helps)"
     )
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still take: ``MemAvailable`` of /proc/meminfo
+    (Linux), else the machine's physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 40
+
+
+def gib(n: float) -> str:
+    """Bytes as GiB for a message: 2.5e9 -> '2.3 GiB'."""
+    return f"{n / 2**30:,.1f} GiB"

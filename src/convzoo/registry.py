@@ -11,13 +11,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .artifacts import read_safetensors_header, read_safetensors_tensors
+from .device import available_memory, gib
 from .errors import CheckpointError, ConvzooError, ModelError
 
 ModelFn = Callable[..., nn.Module]
@@ -59,27 +59,6 @@ def check_model_name(name: str) -> None:
         hint = closest_names(name)
         did_you_mean = f"; did you mean {', '.join(hint)}?" if hint else ""
         raise ModelError(f"unknown model {name!r}{did_you_mean} (`convzoo list` shows them all)")
-
-
-def available_memory() -> int:
-    """Bytes of memory this process can still take: ``MemAvailable`` of /proc/meminfo
-    (Linux), else the machine's physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return 1 << 40
-
-
-def gib(n: float) -> str:
-    """Bytes as GiB for a message: 2.5e9 -> '2.3 GiB'."""
-    return f"{n / 2**30:,.1f} GiB"
 
 
 def _positive_int(value, what: str) -> None:

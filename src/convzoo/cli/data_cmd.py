@@ -87,6 +87,10 @@ def run_where(args) -> int:
         load_dataset(args.dataset, args.data_dir)  # raises the DataError with suggestions
         raise DataError(f"{args.dataset}: not found")  # pragma: no cover
     found = locate.find_dataset(key, args.data_dir)
+    if found is None and args.data_dir is not None:
+        if not Path(args.data_dir).is_dir():
+            raise DataError(f"--data-dir {args.data_dir} is not a folder")
+        raise DataError(locate.not_in_data_dir(key, args.data_dir))
     if found is None:
         raise DataError(f"{key} not found; {locate.how_to_get(key)}")
     print(found.folder)

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..device import available_memory, gib
 from ..errors import ModelError
-from ..registry import available_memory, gib, register_model
+from ..registry import register_model
 from .layers import ConvNet, init_weights, scale_width
 
 # name -> (growth rate, layers per dense block, channels of the stem): Table 1.
