@@ -229,6 +229,7 @@ def write_comparison(
 ):
     """``OUT/report.html``, ``OUT/leaderboard.md`` and the charts of ``run_dirs``;
     returns the report (its ``markdown()`` is the leaderboard)."""
+    from .infer import optimize
     from .report.html import build_report
 
     check_output(out, run_dirs)
@@ -243,4 +244,5 @@ def write_comparison(
         data_dir=data_dir,
         log=log,
         charts=out,
+        optimize=optimize,  # images/s with the fast backend, as eval and predict run
     )
