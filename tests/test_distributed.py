@@ -32,9 +32,10 @@ import pytest
 import torch
 from conftest import write_idx_dataset
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.cli import main
+from convzoo.registry import model_from_checkpoint
 from convzoo.train import TrainConfig, train
-from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from convzoo.train.distributed import global_batch_line, launch_env, shard_bounds
 
 HARD_TIMEOUT = 150  # seconds a two-process run may take before the test fails
@@ -111,10 +112,11 @@ def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> No
     torch.set_num_threads(1)
 
     from convzoo.data.loader import Loader
-    from convzoo.train import loop
+    from convzoo.train.budget import TimeBudget
+    from convzoo.train.trainer import Trainer
 
     record: dict = {"digests": [], "indices": [], "rng": []}
-    prepare, train_step = Loader._prepare, loop._Run._train_step
+    prepare, train_step = Loader._prepare, Trainer.train_step
 
     def recording_prepare(self, idx, epoch, b, share=None):
         if self.shuffle:  # the training loader; evaluation loaders do not shuffle
@@ -131,16 +133,16 @@ def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> No
         return result
 
     Loader._prepare = recording_prepare
-    loop._Run._train_step = recording_step
+    Trainer.train_step = recording_step
     # A time budget counts from the planning, not from the start of this (test) process:
     # on a busy machine starting Python and PyTorch alone can take most of a short budget.
-    plan_budget = loop._Run._plan_budget
+    plan_budget = TimeBudget.measure_and_plan
 
-    def plan_budget_now(self):
+    def plan_budget_now(self, *args, **kwargs):
         self.started = time.perf_counter()
-        return plan_budget(self)
+        return plan_budget(self, *args, **kwargs)
 
-    loop._Run._plan_budget = plan_budget_now
+    TimeBudget.measure_and_plan = plan_budget_now
     code = 1
     try:
         code = main(["train", *argv])

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from conftest import write_idx_dataset
 from safetensors import safe_open
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.errors import CheckpointError, ConfigError
-from convzoo.registry import get_model
+from convzoo.registry import get_model, model_from_checkpoint
 from convzoo.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
-from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from convzoo.train.config import build_config, recipes_dir
 from convzoo.train.ema import EMA
 from convzoo.train.optim import training_loss
@@ -240,7 +240,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     assert "last good checkpoint" in str(err.value)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
-    assert not (out / "result.json").exists()
+    result = json.loads((out / "result.json").read_text())
+    assert result["diverged"] is True and result["test_accuracy"] is None
+    assert "NaN" in result["reason"] or "infinite" in result["reason"]
+    assert not (out / "model.safetensors").exists()
 
 
 def test_resume_refuses_another_model_and_non_runs(reference, tmp_path):

@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.cli import main
 from convzoo.errors import CheckpointError
-from convzoo.train.checkpoint import load_checkpoint
 
 PROBE = Path(__file__).with_name("probe.py")
 SEED = int(os.environ.get("CONVZOO_KILL_SEED", "0"))

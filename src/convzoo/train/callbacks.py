@@ -25,35 +25,21 @@ checkpoint), :class:`DivergenceGuard` (a NaN or infinite loss or weights stop th
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..artifacts import METRICS_FILE, RESULT_FILE, atomic_write_text, to_json, write_json
-from .distributed import current
+from .checkpoint import save_run
+from .distributed import rank_zero_only
+from .outputs import diverged_result
 
 if TYPE_CHECKING:
     from .trainer import Trainer
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def rank_zero_only(fn: F) -> F:
-    """``fn`` runs on rank 0 only (every process of a one-process run is rank 0);
-    elsewhere it does nothing and returns None."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if current().is_main:
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class TrainingInterrupted(Exception):
@@ -123,20 +109,39 @@ class Signals(Callback):
 
     def on_step_end(self, t: Trainer) -> None:
         if not t.procs.enabled and self.received is not None:  # (distributed: RankAgreement)
-            t.sync()
-            t.tick()
-            t.interrupt(self.received, saved=False)
-
-    def on_epoch_end(self, t: Trainer, row: dict) -> None:
-        signum = t.agree_on_stop() if t.procs.enabled else self.received
-        if signum is not None and t.step < t.total_steps:
-            t.interrupt(signum, saved=True, where=f"after epoch {t.epoch}")
+            self.stop(t, self.received, in_epoch=True)
 
     def check(self, t: Trainer, where: str) -> None:
-        """Stop now if a signal came (outside the training loop: the state is saved)."""
-        signum = t.agree_on_stop() if t.procs.enabled else self.received
+        """Stop now if a signal came (outside the training loop, where the state is
+        saved already). Distributed runs: a collective, called by every rank."""
+        signum = self.agree(t) if t.procs.enabled else self.received
         if signum is not None:
-            t.interrupt(signum, saved=True, where=where)
+            self.stop(t, signum, where=where)
+
+    def agree(self, t: Trainer) -> int | None:
+        """Distributed runs: a stop signal received by any rank, and rank 0's planned
+        steps, made known to every rank (one small all-reduce)."""
+        mine = [self.received or 0, t.total_steps if t.procs.is_main else 0]
+        signum, total = (int(v) for v in t.procs.all_reduce(torch.tensor(mine), "max"))
+        if total != t.total_steps:
+            t.set_total_steps(total)
+        return signum or None
+
+    def stop(self, t: Trainer, signum: int, *, in_epoch: bool = False, where: str = "") -> None:
+        """Raise :class:`TrainingInterrupted`; inside an epoch, save its state first."""
+        if in_epoch:
+            t.sync()
+            t.tick()
+            t.guard.check_loss(t, t.sums)
+            save_run(t, t.sums)
+        where = where or f"at epoch {t.epoch + 1}"
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} received: stopped {where}, step {t.step}; "
+            f"checkpoint saved to {t.ck_dir / 'last.pt'}. Resume with: convzoo train "
+            f"{t.cfg.model} --resume {t.run_dir}",
+            signum,
+            t.run_dir,
+        )
 
 
 class RankAgreement(Callback):
@@ -149,11 +154,9 @@ class RankAgreement(Callback):
 
     def on_step_end(self, t: Trainer) -> None:
         if t.step % self.every == 0:
-            signum = t.agree_on_stop()
+            signum = t.signals.agree(t)
             if signum is not None:
-                t.sync()
-                t.tick()
-                t.interrupt(signum, saved=False)
+                t.signals.stop(t, signum, in_epoch=True)
 
 
 # -- divergence ------------------------------------------------------------------------
@@ -207,7 +210,7 @@ class DivergenceGuard(Callback):
     @rank_zero_only
     def on_exception(self, t: Trainer, exc: BaseException) -> None:
         if isinstance(exc, TrainingDiverged) and getattr(t, "run_dir", None) is not None:
-            write_json(t.run_dir / RESULT_FILE, t.diverged_result(self.reason or str(exc)))
+            write_json(t.run_dir / RESULT_FILE, diverged_result(t, self.reason or str(exc)))
 
 
 # -- files -----------------------------------------------------------------------------
@@ -225,11 +228,11 @@ class Checkpointing(Callback):
             t.guard.check_loss(t, t.sums)
             t.sync()
             t.tick()
-            t.save(t.sums)
+            save_run(t, t.sums)
             t.restart_clock()  # saving is not training time
 
     def on_epoch_end(self, t: Trainer, row: dict) -> None:
-        t.save(best=t.best_epoch == row["epoch"])
+        save_run(t, best=t.best_epoch == row["epoch"])
 
 
 class MetricsFile(Callback):

@@ -31,10 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..artifacts import CHECKPOINT_DIR, CHECKPOINT_FORMAT, UnsafeCheckpointError, load_checkpoint
+from ..artifacts import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT,
+    UnsafeCheckpointError,
+    link_or_copy,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..errors import CheckpointError
 from ..registry import check_state_dict
-from .distributed import rank_seed
+from .distributed import Processes, rank_seed, rank_zero_only
 from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import Schedule
 
@@ -55,6 +62,12 @@ class EpochSums:
     def zero(cls, device: torch.device) -> EpochSums:
         return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
 
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        """Count a batch of ``n`` images with mean ``loss`` and ``correct`` right."""
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.seen += n
+
     def state(self) -> dict:
         return {
             "loss_sum": self.loss_sum.detach().cpu().clone(),
@@ -71,6 +84,53 @@ class EpochSums:
             int(state["seen"]),
             float(state["seconds"]),
         )
+
+    def summed(self, procs: Processes) -> EpochSums:
+        """The loss, correct and seen counts of every rank added up (this rank's seconds)."""
+        if not procs.enabled:
+            return self
+        dev = self.loss_sum.device
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=dev)
+        local = torch.stack([self.loss_sum.detach().double(), self.correct.detach().double(), seen])
+        total = procs.all_reduce(local)
+        return EpochSums(
+            total[0].to(self.loss_sum.dtype),
+            total[1].round().to(self.correct.dtype),
+            int(round(float(total[2]))),
+            self.seconds,
+        )
+
+
+def save_run(t: Trainer, sums: EpochSums | None = None, *, best: bool = False) -> None:
+    """Write checkpoints/last.pt (keeping the previous one as last.prev.pt; best.pt too
+    with ``best``), after checking that the weights are finite.
+
+    Distributed runs: every rank calls this (the loss sums are added up and every
+    rank's RNG state is collected); rank 0 writes. The weights are those of the
+    unwrapped model, so the checkpoint is the same as a one-process run's.
+    """
+    t.guard.check_weights(t)
+    rngs = None
+    if t.procs.enabled:
+        if sums is not None:
+            sums = sums.summed(t.procs)
+        rngs = t.procs.all_gather_object(rng_state())
+    _write(t, sums, rngs, best)
+
+
+@rank_zero_only
+def _write(t: Trainer, sums: EpochSums | None, rngs: list | None, best: bool) -> None:
+    ckdir = t.run_dir / CHECKPOINT_DIR
+    last = ckdir / "last.pt"
+    state = run_state(t, sums)
+    if rngs is not None:
+        state["rng_ranks"] = rngs  # rank r's RNG; "rng" is rank 0's
+    if last.exists() and t.last_is_good:
+        link_or_copy(last, ckdir / "last.prev.pt")
+    save_checkpoint(state, last)
+    t.last_is_good = True
+    if best:
+        link_or_copy(last, ckdir / "best.pt")
 
 
 def run_state(t: Trainer, sums: EpochSums | None) -> dict[str, Any]:
@@ -152,6 +212,14 @@ def restore_run_state(t: Trainer, ckpt: dict) -> dict | None:
     check_position(t.epoch, t.batch, t.step, t.steps_per_epoch, t.total_steps)
     # The saved loss sums cover every rank's images: rank 0 carries them on.
     return ckpt.get("epoch_sums") if procs.is_main else None
+
+
+def resume_world_note(t: Trainer) -> str:
+    """' (a run of 2 processes, now 1)' when the number of processes changed."""
+    saved = int(t.ckpt.get("world_size") or 1)
+    if saved == t.procs.world_size:
+        return ""
+    return f" (a run of {saved} process{'es' if saved > 1 else ''}, now {t.procs.world_size})"
 
 
 def check_position(epoch: int, batch: int, step: int, steps_per_epoch: int, total: int) -> None:

@@ -15,10 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, RESULT_FILE
+from ..artifacts import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, RESULT_FILE, RunLock
+from ..device import available_cores, busy_machine_warning, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from .config import TrainConfig, merge_resume, resume_overrides
-from .distributed import Processes, convert_sync_batchnorm, shard_bounds
+from .distributed import (
+    Processes,
+    SetupFailed,
+    convert_sync_batchnorm,
+    data_signature,
+    global_batch_line,
+    rank_seed,
+    shard_bounds,
+)
+from .rng import seed_everything
 
 SMALL_INPUT_BELOW = 64  # images under this many pixels get the small-input form
 DEFAULT_VAL_SIZE = 5000
@@ -46,13 +56,15 @@ def resume_config(given: TrainConfig, ckpt: dict, path: Path, run_dir: Path) -> 
     return cfg
 
 
-def check_resume_dir(run_dir: Path) -> None:
+def check_resume_dir(run_dir: Path) -> Path:
+    """``run_dir`` if it is a run directory, else :class:`CheckpointError`."""
     if not run_dir.exists():
         raise CheckpointError(f"cannot resume: {run_dir} does not exist")
     if not run_dir.is_dir() or not (run_dir / CHECKPOINT_DIR).is_dir():
         raise CheckpointError(
             f"cannot resume: {run_dir} is not a run directory (no checkpoints/ in it)"
         )
+    return run_dir
 
 
 # -- the run directory -------------------------------------------------------------------
@@ -101,13 +113,41 @@ def check_new_run_dir(out: Path) -> None:
         )
 
 
-def make_run_dir(run_dir: Path) -> Path:
-    ck_dir = run_dir / CHECKPOINT_DIR
+def open_run_dir(cfg: TrainConfig, data: RunData, *, new: bool) -> tuple[Path, RunLock | None]:
+    """Rank 0: the run directory (``cfg.out``, chosen if None) with its checkpoints/
+    folder; a new run's is locked before its first byte is written (a resumed run's
+    was locked before its checkpoint was read)."""
+    if cfg.out is None:
+        cfg.out = default_run_dir(cfg.model, data.ds.name, data.is_folder)
+    run_dir, lock = Path(cfg.out), None
+    if new:
+        check_new_run_dir(run_dir)
+        lock = RunLock(run_dir).acquire()
+        try:
+            check_new_run_dir(run_dir)  # again: another run may have just ended there
+        except ConfigError:
+            lock.release()
+            raise
     try:
-        ck_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if lock is not None:
+            lock.release()
         raise ConfigError(f"cannot create the run directory {run_dir}: {exc.strerror}") from None
-    return ck_dir
+    return run_dir, lock
+
+
+# Set (to anything) to skip the busy-machine check at start-up (tests, scripted runs).
+NO_BUSY_CHECK = "CONVZOO_NO_BUSY_CHECK"
+
+
+def warn_if_busy(threads: int, warn: Callable[[str], None]) -> None:
+    """Say so when other work leaves fewer than ``threads`` cores free (unless
+    ``$CONVZOO_NO_BUSY_CHECK`` is set)."""
+    if not os.environ.get(NO_BUSY_CHECK):
+        busy = busy_machine_warning(threads)
+        if busy:
+            warn(busy)
 
 
 def check_data_dir(d: str | None) -> None:
@@ -120,6 +160,65 @@ def check_data_dir(d: str | None) -> None:
         raise DataError(f"data directory {d} is not a directory")
     if not os.access(path, os.R_OK | os.X_OK):
         raise DataError(f"data directory {d} is not readable")
+
+
+def configure_device(cfg: TrainConfig, procs: Processes) -> torch.device:
+    """The run's device (``cfg.device``: resolved), its threads (``cfg.threads``: the
+    cores of a machine are shared by the processes running on it; 1 when deterministic)
+    and deterministic algorithms; the caller puts the previous torch settings back."""
+    device = resolve_device(cfg.device, procs.local_rank if procs.enabled else None)
+    cfg.device = device.type
+    if cfg.threads is None:
+        cores = max(1, available_cores() // procs.local_world_size)
+        cfg.threads = 1 if cfg.deterministic else cores
+    torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # On CUDA some kernels (e.g. adaptive pooling's backward) have no deterministic
+        # form: warn there instead of refusing to train.
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def join_processes(t) -> str:
+    """Distributed runs: take rank 0's run directory, check that every rank found the
+    same data, wrap the model in DistributedDataParallel (``t.forward_model``), give
+    each rank its own dropout RNG. Returns the line that describes the processes."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    procs, cfg, data = t.procs, t.cfg, t.data
+    signature = data_signature(data.train_y, data.val_y, data.ds.test_labels, data.train_x)
+    mine = (cfg.out, signature, data.num_train, data.num_val, len(data.ds.test_labels))
+    every = procs.all_gather_object(mine)
+    differ = [r for r, theirs in enumerate(every) if theirs[1:] != every[0][1:]]
+    if differ:
+        lines = ", ".join(
+            f"rank {r}: {x[2]} training, {x[3]} validation, {x[4]} test images (fingerprint {x[1]})"
+            for r, x in enumerate(every)
+            if r == 0 or r in differ
+        )
+        raise SetupFailed(
+            f"the processes found different data ({lines}); every machine needs the same "
+            "copy of the dataset (check --data-dir and $CONVZOO_DATA on each)",
+            show=procs.is_main,
+        )
+    cfg.out = every[0][0]
+    t.run_dir = Path(cfg.out)
+    ids = [t.device.index] if t.device.type == "cuda" else None
+    ddp = DistributedDataParallel(t.model, device_ids=ids)
+    t.forward_model = torch.compile(ddp) if cfg.compile else ddp
+    if procs.rank > 0:  # dropout differs between ranks; rank 0 goes on as one process
+        seed_everything(rank_seed(cfg.seed, procs.rank))
+    threads = "1 thread" if cfg.threads == 1 else f"{cfg.threads} threads"
+    return (
+        f"distributed: {procs.world_size} processes ({procs.backend}), "
+        f"{global_batch_line(cfg.batch_size, procs.world_size)}, {threads} each"
+        + (f", SyncBatchNorm in {t.sync_bn_layers} layers" if t.sync_bn_layers else "")
+    )
 
 
 # -- data --------------------------------------------------------------------------------
