@@ -64,14 +64,32 @@ def fixed_plan(monkeypatch):
     monkeypatch.setattr(budget, "fit_steps", lambda *args, **kwargs: PLANNED)
 
 
+def _in_the_final_evaluation(monkeypatch, action):
+    """Call ``action()`` when the final test pass begins (not in validation passes)."""
+    real_finish, real_predict = Trainer._finish, convzoo.evaluate.predict_logits
+    final = []
+
+    def finish(self):
+        final.append(True)
+        return real_finish(self)
+
+    def predict(*args, **kwargs):
+        if final:
+            action()
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_finish", finish)
+    monkeypatch.setattr(convzoo.evaluate, "predict_logits", predict)
+
+
 def _stop_at(phase, monkeypatch):
     """An on_step hook, or a patch, that raises Stop at ``phase``."""
     if phase == "final evaluation":
 
-        def predict(*args, **kwargs):
+        def stop():
             raise Stop
 
-        monkeypatch.setattr(convzoo.evaluate, "predict_logits", predict)
+        _in_the_final_evaluation(monkeypatch, stop)
         return None
     if phase == "final write":
 
@@ -126,14 +144,8 @@ def test_sigterm_in_the_final_evaluation_stops_then_resume_finishes(
     data_dir, tmp_path, monkeypatch
 ):
     out = tmp_path / "run"
-    real = convzoo.evaluate.predict_logits
-
-    def predict(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(convzoo.evaluate, "predict_logits", predict)
+        _in_the_final_evaluation(patch, lambda: os.kill(os.getpid(), signal.SIGTERM))
         with pytest.raises(TrainingInterrupted, match="in the final evaluation") as stop:
             train(config(data_dir, out))
     assert stop.value.exit_code == 143 and not (out / "result.json").exists()

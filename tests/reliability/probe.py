@@ -103,6 +103,8 @@ def install() -> None:
             mark("eval-done")
 
     def predict_logits(*args, **kwargs):
+        if state["eval"]:  # inside evaluate(): already marked
+            return real_predict(*args, **kwargs)
         mark("test")
         state["eval"] = "test"
         try:
