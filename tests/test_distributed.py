@@ -226,7 +226,7 @@ def data_dir(tmp_path_factory):
 def reference(data_dir, tmp_path_factory):
     """The one-process run every two-process run is compared with."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    result = train(TrainConfig(data_dir=str(data_dir), quiet=True, out=str(out), **COMMON))
+    result = train(TrainConfig(data_dir=str(data_dir), quiet=True, out=str(out), **COMMON)).result
     return out, result
 
 

@@ -5,8 +5,10 @@ with one clear :class:`~convzoo.errors.ConvzooError`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, RESULT_FILE, RunLock
+from ..artifacts import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RESULT_FILE,
+    RunLock,
+)
 from ..device import available_cores, busy_machine_warning, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from .config import TrainConfig, merge_resume, resume_overrides
@@ -134,7 +144,19 @@ def open_run_dir(cfg: TrainConfig, data: RunData, *, new: bool) -> tuple[Path, R
         if lock is not None:
             lock.release()
         raise ConfigError(f"cannot create the run directory {run_dir}: {exc.strerror}") from None
+    remove_stale_files(run_dir)
     return run_dir, lock
+
+
+def remove_stale_files(run_dir: Path) -> None:
+    """Temporary files a killed writer left in ``run_dir`` (the caller holds its lock,
+    so no other process is writing them)."""
+    names = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, RESULT_FILE)
+    stale = [p for n in names for p in run_dir.glob(f".{glob.escape(n)}.*.tmp")]
+    stale.append(run_dir / CHECKPOINT_DIR / ".probe.pt")  # a time budget's measurement
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 # Set (to anything) to skip the busy-machine check at start-up (tests, scripted runs).
