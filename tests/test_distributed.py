@@ -241,6 +241,7 @@ def no_recipes(tmp_path, monkeypatch):
 # Tests
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(data_dir, reference, tmp_path):
     """Identical weights on both ranks after every step, equal (to 1e-5) to a one-process
     run with the same global batch; each image once per epoch; one run directory, written
@@ -299,6 +300,7 @@ def test_two_processes_train_like_one(data_dir, reference, tmp_path):
     assert ck["config"]["batch_size"] == 32  # the global batch
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_rank_stops_both_then_resume_on_two_then_one(data_dir, reference, tmp_path):
     """SIGTERM to rank 1 alone: both ranks stop after the same step and rank 0 saves; the
     run continues on two processes (each rank with its own saved RNG state), is stopped
@@ -329,6 +331,7 @@ def test_sigterm_on_one_rank_stops_both_then_resume_on_two_then_one(data_dir, re
         assert a["train_accuracy"] == b["train_accuracy"]
 
 
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two(data_dir, reference, tmp_path):
     """A run stopped in one process continues on two processes to the same weights."""
     ref_dir, _ = reference
@@ -353,6 +356,7 @@ def test_one_process_checkpoint_resumes_on_two(data_dir, reference, tmp_path):
     assert json.loads((out / "result.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_error_on_one_rank_stops_every_rank(data_dir, tmp_path):
     """A data folder missing on one machine only: both ranks exit with the message at
     once (exit 2, no traceback) instead of one waiting for the other, and no run
@@ -372,6 +376,7 @@ def test_error_on_one_rank_stops_every_rank(data_dir, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_torchrun_launch(data_dir, tmp_path):
     """`python -m torch.distributed.run --standalone --nproc-per-node 2 -m convzoo train`."""
     out = tmp_path / "run"
@@ -398,6 +403,7 @@ def test_torchrun_launch(data_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name != "no-recipes"] == ["run"]
 
 
+@pytest.mark.slow
 def test_time_budget_and_sync_bn(data_dir, tmp_path):
     """Under a time budget every rank follows rank 0's plan (the same steps, no hang);
     --sync-bn converts the batch norm layers, and the checkpoint loads into the plain

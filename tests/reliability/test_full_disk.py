@@ -98,6 +98,7 @@ def test_no_space_left_part_way_through(tmp_path, monkeypatch, tally, room):
     tally.input("full disk")
 
 
+@pytest.mark.slow
 def test_convzoo_train_on_a_full_disk(tmp_path, tally):
     """`convzoo train` whose second checkpoint no longer fits: exit 2, one line, the
     first checkpoint intact and resumable from, no temporary file left."""
@@ -132,6 +133,7 @@ def test_convzoo_train_on_a_full_disk(tmp_path, tally):
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
 
 
+@pytest.mark.slow
 def test_convzoo_train_cannot_write_its_config(tmp_path, tally):
     """A disk too full for config.json: exit 2, one line naming the file, no litter."""
     from conftest import write_idx_dataset

@@ -232,6 +232,7 @@ def test_sigkill_anywhere_then_resume_is_bitwise_equal(tmp_path, tally, capsys):
         tally.kill(phase, count)
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, capsys):
     """What a kill during start-up leaves (config.json, an empty checkpoints/ and a
     half-written temporary file): --resume says there is nothing to resume, and the

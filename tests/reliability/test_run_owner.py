@@ -66,6 +66,7 @@ def test_a_signal_in_the_final_evaluation_stops_the_run(data, tmp_path, sig):
     assert result["resumed"] is True and result["steps"] == 2 * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["user-file", "config-only", "dot"])
 def test_a_new_run_needs_an_empty_folder(data, tmp_path, monkeypatch, capsys, what):
     out = tmp_path / "out"
