@@ -32,9 +32,10 @@ import pytest
 import torch
 from conftest import write_idx_dataset
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.cli import main
+from convzoo.registry import model_from_checkpoint
 from convzoo.train import TrainConfig, train
-from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from convzoo.train.distributed import global_batch_line, launch_env, shard_bounds
 
 HARD_TIMEOUT = 150  # seconds a two-process run may take before the test fails
@@ -111,10 +112,11 @@ def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> No
     torch.set_num_threads(1)
 
     from convzoo.data.loader import Loader
-    from convzoo.train import loop
+    from convzoo.train.budget import TimeBudget
+    from convzoo.train.trainer import Trainer
 
     record: dict = {"digests": [], "indices": [], "rng": []}
-    prepare, train_step = Loader._prepare, loop._Run._train_step
+    prepare, train_step = Loader._prepare, Trainer.train_step
 
     def recording_prepare(self, idx, epoch, b, share=None):
         if self.shuffle:  # the training loader; evaluation loaders do not shuffle
@@ -131,16 +133,16 @@ def _worker(rank: int, world: int, port: int, argv: list[str], opts: dict) -> No
         return result
 
     Loader._prepare = recording_prepare
-    loop._Run._train_step = recording_step
+    Trainer.train_step = recording_step
     # A time budget counts from the planning, not from the start of this (test) process:
     # on a busy machine starting Python and PyTorch alone can take most of a short budget.
-    plan_budget = loop._Run._plan_budget
+    plan_budget = TimeBudget.measure_and_plan
 
-    def plan_budget_now(self):
+    def plan_budget_now(self, *args, **kwargs):
         self.started = time.perf_counter()
-        return plan_budget(self)
+        return plan_budget(self, *args, **kwargs)
 
-    loop._Run._plan_budget = plan_budget_now
+    TimeBudget.measure_and_plan = plan_budget_now
     code = 1
     try:
         code = main(["train", *argv])
@@ -224,7 +226,7 @@ def data_dir(tmp_path_factory):
 def reference(data_dir, tmp_path_factory):
     """The one-process run every two-process run is compared with."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    result = train(TrainConfig(data_dir=str(data_dir), quiet=True, out=str(out), **COMMON))
+    result = train(TrainConfig(data_dir=str(data_dir), quiet=True, out=str(out), **COMMON)).result
     return out, result
 
 
@@ -239,6 +241,7 @@ def no_recipes(tmp_path, monkeypatch):
 # Tests
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(data_dir, reference, tmp_path):
     """Identical weights on both ranks after every step, equal (to 1e-5) to a one-process
     run with the same global batch; each image once per epoch; one run directory, written
@@ -297,6 +300,7 @@ def test_two_processes_train_like_one(data_dir, reference, tmp_path):
     assert ck["config"]["batch_size"] == 32  # the global batch
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_rank_stops_both_then_resume_on_two_then_one(data_dir, reference, tmp_path):
     """SIGTERM to rank 1 alone: both ranks stop after the same step and rank 0 saves; the
     run continues on two processes (each rank with its own saved RNG state), is stopped
@@ -327,6 +331,7 @@ def test_sigterm_on_one_rank_stops_both_then_resume_on_two_then_one(data_dir, re
         assert a["train_accuracy"] == b["train_accuracy"]
 
 
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two(data_dir, reference, tmp_path):
     """A run stopped in one process continues on two processes to the same weights."""
     ref_dir, _ = reference
@@ -351,6 +356,7 @@ def test_one_process_checkpoint_resumes_on_two(data_dir, reference, tmp_path):
     assert json.loads((out / "result.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_error_on_one_rank_stops_every_rank(data_dir, tmp_path):
     """A data folder missing on one machine only: both ranks exit with the message at
     once (exit 2, no traceback) instead of one waiting for the other, and no run
@@ -370,6 +376,7 @@ def test_error_on_one_rank_stops_every_rank(data_dir, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_torchrun_launch(data_dir, tmp_path):
     """`python -m torch.distributed.run --standalone --nproc-per-node 2 -m convzoo train`."""
     out = tmp_path / "run"
@@ -396,6 +403,7 @@ def test_torchrun_launch(data_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name != "no-recipes"] == ["run"]
 
 
+@pytest.mark.slow
 def test_time_budget_and_sync_bn(data_dir, tmp_path):
     """Under a time budget every rank follows rank 0's plan (the same steps, no hang);
     --sync-bn converts the batch norm layers, and the checkpoint loads into the plain

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from conftest import write_idx_dataset
 from safetensors import safe_open
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.errors import CheckpointError, ConfigError
-from convzoo.registry import get_model
+from convzoo.registry import get_model, model_from_checkpoint
 from convzoo.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
-from convzoo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from convzoo.train.config import build_config, recipes_dir
 from convzoo.train.ema import EMA
 from convzoo.train.optim import training_loss
@@ -93,6 +93,7 @@ def assert_bitwise_equal(run_a, run_b):
     ]
 
 
+@pytest.mark.slow
 def test_run_directory_has_every_file(reference):
     out, result = reference
     names = {p.name for p in out.iterdir()}
@@ -138,6 +139,7 @@ def test_run_directory_has_every_file(reference):
     assert model_from_checkpoint(last).training is False
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_bitwise_equal(data_dir, reference, tmp_path):
     out = tmp_path / "run"
 
@@ -167,6 +169,7 @@ def python_sigint():
     signal.signal(signal.SIGINT, before)
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_is_bitwise_equal(data_dir, reference, tmp_path, python_sigint):
     out = tmp_path / "run"
 
@@ -184,6 +187,7 @@ def test_sigint_saves_and_resume_is_bitwise_equal(data_dir, reference, tmp_path,
     assert_bitwise_equal(reference[0], out)
 
 
+@pytest.mark.slow
 def test_sigterm_exit_code(data_dir, tmp_path):
     out = tmp_path / "run"
 
@@ -197,6 +201,7 @@ def test_sigterm_exit_code(data_dir, tmp_path):
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
 
 
+@pytest.mark.slow
 def test_truncated_last_checkpoint_falls_back(data_dir, reference, tmp_path, capsys):
     out = tmp_path / "run"
 
@@ -218,6 +223,7 @@ def test_truncated_last_checkpoint_falls_back(data_dir, reference, tmp_path, cap
     assert load_checkpoint(last)["step"] == STEPS  # whole again
 
 
+@pytest.mark.slow
 def test_no_good_checkpoint_is_reported(data_dir, tmp_path):
     out = tmp_path / "run"
 
@@ -233,6 +239,7 @@ def test_no_good_checkpoint_is_reported(data_dir, tmp_path):
         train(TrainConfig(model="nin", quiet=True), resume=out)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="NaN|infinite") as err:
@@ -240,9 +247,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     assert "last good checkpoint" in str(err.value)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
-    assert not (out / "result.json").exists()
+    result = json.loads((out / "result.json").read_text())
+    assert result["diverged"] is True and result["test_accuracy"] is None
+    assert "NaN" in result["reason"] or "infinite" in result["reason"]
+    assert not (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_model_and_non_runs(reference, tmp_path):
     out, _ = reference
     with pytest.raises(CheckpointError, match="run of nin, not resnet18"):
@@ -254,11 +265,13 @@ def test_resume_refuses_another_model_and_non_runs(reference, tmp_path):
         train(TrainConfig(model="nin"), resume=tmp_path / "plain")
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(data_dir, reference):
     with pytest.raises(ConfigError, match="already holds a run"):
         train(config(data_dir, reference[0]))
 
 
+@pytest.mark.slow
 def test_time_budget_plans_the_schedule(data_dir, tmp_path):
     out = tmp_path / "run"
     result = train(
@@ -273,6 +286,7 @@ def test_time_budget_plans_the_schedule(data_dir, tmp_path):
     assert rows[-1]["lr"] < 0.05 * 1e-3
 
 
+@pytest.mark.slow
 def test_budget_too_short_is_a_config_error(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="too short"):
         train(config(data_dir, tmp_path / "run", epochs=None, time_budget=0.01))
@@ -335,6 +349,7 @@ def test_recipes(tmp_path, monkeypatch):
     assert build_config("nin", {"dataset": "mnist"}).recipe is None  # only Fashion-MNIST
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_fashion_mnist(real_fashion_mnist, tmp_path):
     out = tmp_path / "run"
@@ -375,6 +390,7 @@ def test_shipped_recipes_build(path):
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_busy_machine_is_reported_by_train(data_dir, tmp_path, monkeypatch, capsys):
     from convzoo import device as cores
 

@@ -14,9 +14,13 @@ convzoo train MODEL ...`` apart from the probes. On stderr, unbuffered, one line
     @@probe write-half    half of them are written
     @@probe rename        the temporary file is whole and about to be renamed
     @@probe renamed       the rename is done
+    @@probe test          the final test evaluation begins (predict_logits)
+    @@probe test-batch    it has computed its first batch
+    @@probe write-model   model.safetensors is whole and about to be renamed into place
+    @@probe write-result  result.json is whole and about to be renamed into place
 
 ``$CONVZOO_PROBE_PAUSE=KIND:N:SECONDS`` (KIND one of update, eval-batch, write-half,
-rename) sleeps SECONDS at the N-th occurrence of that marker, right after writing it: a
+rename, test-batch, write-model, write-result) sleeps SECONDS at the N-th occurrence of that marker, right after writing it: a
 kill in the pause lands in the middle of a training step, mid-evaluation, in a
 half-written temporary file, or between a whole temporary file and its rename.
 """
@@ -52,6 +56,7 @@ def install() -> None:
 
     real_save, real_replace, real_epoch = torch.save, os.replace, loader.Loader.epoch
     real_evaluate = convzoo.evaluate.evaluate
+    real_predict = convzoo.evaluate.predict_logits
     state = {"eval": False}
 
     def save(obj, f, *args, **kwargs):
@@ -68,6 +73,10 @@ def install() -> None:
 
     def replace(src, dst, *args, **kwargs):
         probed = str(dst).endswith(".pt")
+        if str(dst).endswith("model.safetensors"):
+            mark("write-model")
+        if str(dst).endswith("result.json"):
+            mark("write-result")
         if probed:
             mark("rename")
         real_replace(src, dst, *args, **kwargs)
@@ -81,7 +90,7 @@ def install() -> None:
                 mark("step")
             yield batch
             if state["eval"] and first:
-                mark("eval-batch")
+                mark("test-batch" if state["eval"] == "test" else "eval-batch")
             first = False
 
     def evaluate(*args, **kwargs):
@@ -93,6 +102,16 @@ def install() -> None:
             state["eval"] = False
             mark("eval-done")
 
+    def predict_logits(*args, **kwargs):
+        if state["eval"]:  # inside evaluate(): already marked
+            return real_predict(*args, **kwargs)
+        mark("test")
+        state["eval"] = "test"
+        try:
+            return real_predict(*args, **kwargs)
+        finally:
+            state["eval"] = False
+
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     register_optimizer_step_pre_hook(lambda *args: mark("update"))
@@ -100,6 +119,7 @@ def install() -> None:
     os.replace = replace
     loader.Loader.epoch = epoch
     convzoo.evaluate.evaluate = evaluate
+    convzoo.evaluate.predict_logits = predict_logits
 
 
 if __name__ == "__main__":

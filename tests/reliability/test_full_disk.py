@@ -21,14 +21,11 @@ import os
 import pytest
 import torch
 
+from convzoo import artifacts as ck
 from convzoo import get_model
-from convzoo.train import checkpoint as ck
-from convzoo.train.checkpoint import (
-    FORMAT,
-    CheckpointWriteError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
+from convzoo.artifacts import CheckpointWriteError, load_checkpoint, save_checkpoint
+from convzoo.train.setup import NO_BUSY_CHECK
 
 from .common import run_limited
 
@@ -43,7 +40,7 @@ def test_file_size_limit_keeps_the_previous_checkpoint(tmp_path, tally):
     path = tmp_path / "checkpoints" / "last.pt"
     code = f"""
 import json, pathlib, torch
-from convzoo.train.checkpoint import FORMAT, CheckpointWriteError, save_checkpoint
+from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT, CheckpointWriteError, save_checkpoint
 path = pathlib.Path({str(path)!r})
 save_checkpoint({{"format": FORMAT, "step": 1, "w": torch.zeros(1000)}}, path)
 try:
@@ -101,6 +98,7 @@ def test_no_space_left_part_way_through(tmp_path, monkeypatch, tally, room):
     tally.input("full disk")
 
 
+@pytest.mark.slow
 def test_convzoo_train_on_a_full_disk(tmp_path, tally):
     """`convzoo train` whose second checkpoint no longer fits: exit 2, one line, the
     first checkpoint intact and resumable from, no temporary file left."""
@@ -135,6 +133,7 @@ def test_convzoo_train_on_a_full_disk(tmp_path, tally):
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
 
 
+@pytest.mark.slow
 def test_convzoo_train_cannot_write_its_config(tmp_path, tally):
     """A disk too full for config.json: exit 2, one line naming the file, no litter."""
     from conftest import write_idx_dataset
@@ -145,7 +144,8 @@ def test_convzoo_train_cannot_write_its_config(tmp_path, tally):
             "--val-size", "20", "--epochs", "1", "--threads", "1", "--recipe", "none",
             "--quiet", "--out", str(out)]  # fmt: skip
     code = f"import sys; from convzoo.cli import main; sys.exit(main({argv!r}))"
-    proc = run_limited(code, fsize=256)
+    # (no busy-machine check: its warning would be a second line on a loaded machine)
+    proc = run_limited(code, fsize=256, env={NO_BUSY_CHECK: "1"})
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

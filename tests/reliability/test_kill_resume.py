@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.cli import main
 from convzoo.errors import CheckpointError
-from convzoo.train.checkpoint import load_checkpoint
 
 PROBE = Path(__file__).with_name("probe.py")
 SEED = int(os.environ.get("CONVZOO_KILL_SEED", "0"))
@@ -58,6 +58,10 @@ PHASES = {
     "rename": "checkpoint rename",
     "renamed": "bookkeeping",
     "eval-done": "bookkeeping",
+    "test": "final evaluation",
+    "test-batch": "final evaluation",
+    "write-model": "final write",
+    "write-result": "final write",
 }
 # long enough that ten kills (each lets a process progress a few steps at most) never
 # reach the end of the run
@@ -228,6 +232,7 @@ def test_sigkill_anywhere_then_resume_is_bitwise_equal(tmp_path, tally, capsys):
         tally.kill(phase, count)
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, capsys):
     """What a kill during start-up leaves (config.json, an empty checkpoints/ and a
     half-written temporary file): --resume says there is nothing to resume, and the
@@ -252,3 +257,41 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, capsys):
     # a finished run is still never overwritten
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+FINAL_EPOCHS = 2  # a short run: the kills below land after its last step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "marker", ["test-batch", "write-model", "write-result"], ids=["test", "model", "result"]
+)
+def test_sigkill_in_the_final_phase_then_resume_finishes_it(tmp_path, tally, capsys, marker):
+    """Killed during the final test evaluation, or between a whole model.safetensors or
+    result.json and its rename: --resume redoes the final evaluation and writing, and the
+    run ends as an uninterrupted one."""
+    from conftest import write_idx_dataset
+
+    data = write_idx_dataset(tmp_path / "data" / "fashion-mnist", n_train=200, n_test=40).parent
+    args = train_args(data)
+    args[args.index("--epochs") + 1] = str(FINAL_EPOCHS)
+    reference = tmp_path / "reference"
+    assert main([*args, "--out", str(reference)]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    watched = Watched([*args, "--out", str(run)], pause=f"{marker}:1:{PAUSE}")
+    assert watched.wait_for(marker, 1), watched.other
+    time.sleep(PAUSE / 4)
+    assert watched.kill() == -signal.SIGKILL
+    tally.kill(watched.phase)
+    assert check_checkpoints(run) == (FINAL_EPOCHS * STEPS_PER_EPOCH, 0)
+    assert not (run / "result.json").exists()
+    done = Watched(["train", "nin", "--resume", str(run), "--quiet"])
+    assert done.finish() == 0, done.other
+    a, b = weights(reference), weights(run)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    result_a = json.loads((reference / "result.json").read_text())
+    result_b = json.loads((run / "result.json").read_text())
+    assert result_b["test_accuracy"] == result_a["test_accuracy"] and result_b["resumed"]
+    assert sorted(p.name for p in run.rglob("*.tmp")) == []

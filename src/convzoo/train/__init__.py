@@ -1,41 +1,24 @@
-"""Training: ``train(config) -> result`` and its configuration.
+"""Training: ``train(config) -> TrainResult`` and its configuration.
 
 >>> from convzoo.train import TrainConfig, train
->>> result = train(TrainConfig("resnet18", epochs=1, width=0.25, limit_train=512))
+>>> out = train(TrainConfig("resnet18", epochs=1, width=0.25, limit_train=512))
+>>> out.result["test_accuracy"]
 
 ``build_config(model, overrides, recipe=...)`` applies a TOML recipe under explicit
-options, as ``convzoo train`` does. The package itself is callable, so
-``convzoo.train(config)`` works as well as ``convzoo.train.train(config)``.
+options, as ``convzoo train`` does. The trainer is :mod:`convzoo.train.trainer`; its
+side effects are the callbacks of :mod:`convzoo.train.callbacks`.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-
-from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config
-from .loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
+from .trainer import TrainingDiverged, TrainingInterrupted, TrainResult, train
 
 __all__ = [
     "TrainConfig",
+    "TrainResult",
     "TrainingDiverged",
     "TrainingInterrupted",
-    "TrainResult",
     "build_config",
-    "find_checkpoint",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "save_checkpoint",
     "train",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``convzoo.train(config)`` call :func:`train` once the package is imported."""
-
-    def __call__(self, config: TrainConfig, **kwargs):
-        return train(config, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

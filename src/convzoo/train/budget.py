@@ -1,146 +1,155 @@
 """Fitting a training run to a wall-clock budget (``--time-budget``).
 
 Before training, a few real steps on a copy of the state measure the step time, and
-evaluation, saving and plotting are timed; the number of steps is chosen so that the
+evaluation and saving are timed; the number of steps is chosen so that the
 learning-rate schedule completes, with the final test evaluation and saving, inside the
-budget. While training, :meth:`BudgetPlanning._replan` re-fits the remaining steps to
+budget. While training, :class:`TimeBudget` (a callback) re-fits the remaining steps to
 the measured speed.
+
+The budget sees the run through a small interface only: the measuring is done by the
+three callables of a :class:`BudgetProbe`, and while training it reads the trainer's
+``step``, ``train_seconds``, ``total_steps``, ``steps_per_epoch`` and ``procs`` and
+changes the plan with ``set_total_steps(n)``.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..errors import ConfigError
-from .checkpoint import save_checkpoint
-from .distributed import SetupFailed
-from .ema import EMA
-from .rng import rng_state, set_rng_state
+from .callbacks import Callback, rank_zero_only
+from .distributed import Processes, SetupFailed
 from .schedule import fit_steps, format_duration
 
 BUDGET_MARGIN = 0.03  # plan to end this fraction before the budget
+# What the caller does after train() returns (plots, the one-run report), in seconds:
+# an allowance, since the training package does not draw.
+AFTER_TRAINING_SECONDS = 1.0
+# Distributed runs: rank 0 re-plans every this many steps (when the ranks agree).
+AGREE_EVERY = {"cpu": 1, "cuda": 5}
 
 
-class BudgetPlanning:
-    """The time-budget methods of a training run (mixed into ``loop._Run``, whose
-    attributes they use: the model, optimizer, loaders, schedule and progress)."""
+@dataclasses.dataclass
+class BudgetProbe:
+    """How the budget measures a run before planning it.
 
-    def _plan_budget(self) -> int:
-        """Steps that fit the time budget, from measured step, evaluation and saving speed.
+    ``steps()`` yields the seconds of each probe step, taken on the real model and data
+    (the run's weights, optimizer state and RNG are put back when the generator is
+    closed); ``evaluate()`` returns (images, seconds) of a timed evaluation; ``save()``
+    returns the seconds a checkpoint takes to write.
+    """
 
-        The measuring steps run on the real model and data, after which the weights,
-        optimizer state and RNG are put back as they were: they are not part of the run.
+    steps: Callable[[], Iterator[float]]
+    evaluate: Callable[[], tuple[int, float]]
+    save: Callable[[], float]
+
+
+class TimeBudget(Callback):
+    """Plans the steps of a ``--time-budget`` run and keeps the plan fitted to it.
+
+    ``state_dict()`` is the plan (the checkpoint's ``budget_plan``); a resumed run keeps
+    the plan it was given and is not re-planned.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        started: float,
+        procs: Processes,
+        tta: bool,
+        save_every: int,
+        say: Callable[[str], None],
+    ) -> None:
+        self.seconds = float(seconds)
+        self.started = started
+        self.procs = procs
+        self.tta = tta
+        self.save_every = save_every
+        self.say = say
+        self.plan: dict[str, Any] | None = None
+        self.rate = 0.0
+        self.resumed = False
+        self.interval = max(0.5, 0.01 * self.seconds)
+        self.window = (0, 0.0, time.perf_counter())  # step, train seconds, clock
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.plan
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.plan = state
+        self.resumed = True
+
+    # -- before training -------------------------------------------------------------
+
+    def measure_and_plan(
+        self, probe: BudgetProbe, *, steps_per_epoch: int, val_images: int, test_images: int
+    ) -> int:
+        """The steps that fit the budget, from measured step, evaluation and saving speed.
+
         In a distributed run every rank takes the probe steps together (DDP needs them
         all) and rank 0's plan is followed by all.
         """
-        cfg = self.cfg
-        budget = float(cfg.time_budget)
-        model_state = copy.deepcopy(self.model.state_dict())
-        rng = rng_state()
-        real_opt, real_ema = self.optimizer, self.ema
-        self.optimizer = self._new_optimizer(self.model)
-        if real_ema is not None:
-            self.ema = EMA(self.model, cfg.ema)
-        scaler_state = self.scaler.state_dict() if self.scaler is not None else None
         timed, seconds, t_warm, done = 0, 0.0, None, 0
-        limit = max(1.0, min(3.0, 0.02 * budget))
+        limit = max(1.0, min(3.0, 0.02 * self.seconds))
         probe_start = time.perf_counter()
+        steps = probe.steps()
         try:
-            for epoch in range(1000):
-                for b, (x, y) in enumerate(self.train_loader.epoch(epoch)):
-                    t0 = time.perf_counter()
-                    self._train_step(x, y, cfg.lr / 25, self._global_n(b))
-                    self._sync()
-                    dt = time.perf_counter() - t0
-                    done += 1
-                    over = time.perf_counter() - probe_start > 0.3 * budget
-                    if done <= 2:  # warm-up steps (allocation, kernel choice, compilation)
-                        t_warm = dt
-                    else:
-                        timed += 1
-                        seconds += dt
-                    stop = over or (seconds >= limit and timed >= 3) or timed >= 30
-                    if self.procs.main_says(stop):  # every rank takes the same steps
-                        break
+            for dt in steps:
+                done += 1
+                over = time.perf_counter() - probe_start > 0.3 * self.seconds
+                if done <= 2:  # warm-up steps (allocation, kernel choice, compilation)
+                    t_warm = dt
                 else:
-                    continue
-                break
+                    timed += 1
+                    seconds += dt
+                stop = over or (seconds >= limit and timed >= 3) or timed >= 30
+                if self.procs.main_says(stop):  # every rank takes the same steps
+                    break
         finally:
-            self.model.load_state_dict(model_state)
-            self.optimizer, self.ema = real_opt, real_ema
-            if scaler_state is not None:
-                self.scaler.load_state_dict(scaler_state)
-            set_rng_state(rng)
+            steps.close()  # puts the run's state back
         # With no timed step (a step is a large part of the budget) the last warm one is used.
         step_s = seconds / timed if timed else (t_warm or 1.0)
+        fit = dict(steps_per_epoch=steps_per_epoch, val_images=val_images, test_images=test_images)
         if not self.procs.enabled:
-            return self._fit_budget(budget, step_s)
+            return self._fit(probe, step_s, **fit)
         # Rank 0 measures the rest and plans; every rank follows its plan.
         total, error = 0, None
         if self.procs.is_main:
             try:
-                total = self._fit_budget(budget, step_s)
+                total = self._fit(probe, step_s, **fit)
             except ConfigError as exc:
                 error = str(exc)
-        total, self.budget_plan, self._rate, error = self.procs.broadcast_object(
-            (total, self.budget_plan, getattr(self, "_rate", step_s), error)
+        total, self.plan, self.rate, error = self.procs.broadcast_object(
+            (total, self.plan, self.rate or step_s, error)
         )
         if error is not None:
             raise SetupFailed(error, show=self.procs.is_main)
-        self.model.train()
         return total
 
-    def _fit_budget(self, budget: float, step_s: float) -> int:
-        """The steps that fit the budget at ``step_s`` seconds a step, after measuring
-        evaluation, saving and plotting speed (rank 0 of a distributed run)."""
-        from ..data.loader import Loader
-        from ..evaluate import evaluate
-
-        cfg = self.cfg
-        spe = self.steps_per_epoch
-        # Evaluation speed on a few training images (no augmentation): the test set is
-        # only used once, at the end.
-        n_probe = min(self.num_train, self.eval_batch)
-        probe = Loader(
-            self.train_x[:n_probe],
-            self.train_y[:n_probe],
-            batch_size=self.eval_batch,
-            **self._loader_common,
-        )
-        evaluate(self.model, probe, self.ds.num_classes)
-        t0 = time.perf_counter()
-        evaluate(self.model, probe, self.ds.num_classes)
-        self._sync()
-        eval_rate = n_probe / max(time.perf_counter() - t0, 1e-6)  # images/s
+    def _fit(
+        self,
+        probe: BudgetProbe,
+        step_s: float,
+        *,
+        steps_per_epoch: int,
+        val_images: int,
+        test_images: int,
+    ) -> int:
+        images, eval_s = probe.evaluate()
+        eval_rate = images / max(eval_s, 1e-6)  # images/s
         eval_rate *= self.procs.world_size  # the ranks share the evaluations
-        # Saving a checkpoint (about the model's size twice, with the optimizer's state)
-        # and drawing the plots.
-        t0 = time.perf_counter()
-        probe_path = self.ck_dir / ".probe.pt"
-        weights = self.model.state_dict()
-        save_checkpoint(
-            {
-                "model": weights,
-                "optimizer": weights,
-                "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            },
-            probe_path,
-        )
-        probe_path.unlink()
-        save_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self._plot_probe()
-        plot_s = time.perf_counter() - t0
-        self.model.train()
-
-        val_s = self.num_val / eval_rate
-        test_n = len(self.ds.test_labels)
-        final_fixed_s = 2 * save_s + plot_s + 0.5
-        final_s = test_n / eval_rate * (3 if cfg.tta else 1) + final_fixed_s
+        save_s = probe.save()
+        spe = steps_per_epoch
+        val_s = val_images / eval_rate
+        final_fixed_s = 2 * save_s + AFTER_TRAINING_SECONDS + 0.5
+        final_s = test_images / eval_rate * (3 if self.tta else 1) + final_fixed_s
         elapsed = time.perf_counter() - self.started
-        avail = budget * (1 - BUDGET_MARGIN) - elapsed - final_s
+        avail = self.seconds * (1 - BUDGET_MARGIN) - elapsed - final_s
         total = fit_steps(
             avail,
             step_s,
@@ -148,16 +157,16 @@ class BudgetPlanning:
             done=0,
             steps_per_epoch=spe,
             save_s=save_s,
-            save_every=cfg.save_every_steps,
+            save_every=self.save_every,
         )
         if total < 1:
             raise ConfigError(
-                f"time budget {format_duration(budget)} is too short: set-up took "
+                f"time budget {format_duration(self.seconds)} is too short: set-up took "
                 f"{elapsed:.1f}s, one step takes {step_s:.2f}s and the final evaluation "
                 f"and saving about {final_s:.1f}s"
             )
-        self.budget_plan = {
-            "time_budget": budget,
+        self.plan = {
+            "time_budget": self.seconds,
             "planned_steps": total,
             "planned_epochs": total / spe,
             "step_seconds": step_s,
@@ -173,64 +182,51 @@ class BudgetPlanning:
             + final_s,
             "replans": 0,
         }
-        self._rate = step_s
-        self.progress.info(
-            f"time budget {format_duration(budget)}: {step_s * 1000:.0f} ms a step, "
+        self.rate = step_s
+        self.say(
+            f"time budget {format_duration(self.seconds)}: {step_s * 1000:.0f} ms a step, "
             f"{total} steps planned ({total / spe:.2f} epochs of {spe} steps)"
         )
         return total
 
-    def _plot_probe(self) -> None:
-        try:
-            from ..report.plots import plot_confusion, plot_curves
-        except ImportError:
-            return
-        rows = [
-            {
-                "epoch": i,
-                "train_loss": 1.0 / i,
-                "train_accuracy": 0.5,
-                "val_loss": 1.0 / i,
-                "val_accuracy": 0.5,
-                "lr": 0.1,
-                "seconds": 1.0,
-            }
-            for i in (1, 2)
-        ]
-        k = self.ds.num_classes
-        try:
-            plot_curves(rows, self.run_dir / "curves.png")
-            plot_confusion(
-                [[1] * k for _ in range(k)], list(self.ds.classes), self.run_dir / "confusion.png"
-            )
-        except Exception:  # noqa: BLE001 - only a timing probe; the real plots report errors
-            pass
+    # -- while training --------------------------------------------------------------
 
-    def _replan(self, force: bool = False) -> None:
-        """Under a time budget: re-fit the remaining steps to the measured speed.
+    def on_train_start(self, t) -> None:
+        self.window = (t.step, t.train_seconds, time.perf_counter())
+
+    def on_step_end(self, t) -> None:
+        if t.procs.enabled and t.step % AGREE_EVERY.get(t.device.type, 5):
+            return  # the ranks share rank 0's plan when they agree (RankAgreement)
+        t.tick()
+        self._replan(t)
+
+    @rank_zero_only
+    def _replan(self, t, force: bool = False) -> None:
+        """Re-fit the remaining steps to the measured speed.
 
         Runs every 1% of the budget (at least every half second). The step time used
         is the slower of a moving average and the latest window, so that a machine that
         slows down is believed at once and one that speeds up only gradually; the plan
         grows by at most 10% at a time.
         """
-        plan = self.budget_plan
-        if plan is None or self.ckpt is not None or self.step >= self.total_steps:
+        plan = self.plan
+        if plan is None or self.resumed or t.step >= t.total_steps:
             return
         now = time.perf_counter()
-        if not force and now - self._window_time < self._replan_interval:
+        step0, seconds0, clock0 = self.window
+        if not force and now - clock0 < self.interval:
             return
-        self._sync()
+        t.sync()
         now = time.perf_counter()
-        window_steps = self.step - self._window_step
-        window_s = self.train_seconds - self._window_seconds
-        self._window_time = now
+        window_steps = t.step - step0
+        window_s = t.train_seconds - seconds0
+        self.window = (step0, seconds0, now)
         if window_steps < 1 or window_s <= 0:
             return
-        self._window_step, self._window_seconds = self.step, self.train_seconds
+        self.window = (t.step, t.train_seconds, now)
         window_rate = window_s / window_steps
-        self._rate = 0.7 * self._rate + 0.3 * window_rate
-        rate = max(self._rate, window_rate)
+        self.rate = 0.7 * self.rate + 0.3 * window_rate
+        rate = max(self.rate, window_rate)
         avail = (
             plan["time_budget"] * (1 - BUDGET_MARGIN) - (now - self.started) - plan["final_seconds"]
         )
@@ -238,26 +234,43 @@ class BudgetPlanning:
             avail,
             rate,
             plan["epoch_end_seconds"],
-            done=self.step,
-            steps_per_epoch=self.steps_per_epoch,
+            done=t.step,
+            steps_per_epoch=t.steps_per_epoch,
             save_s=plan["save_seconds"],
-            save_every=self.cfg.save_every_steps,
+            save_every=self.save_every,
         )
-        total = max(self.step, min(total, int(self.total_steps * 1.1) + 1))
-        if total != self.total_steps:
-            self.total_steps = total
-            self.schedule.total_steps = max(total, 1)
+        total = max(t.step, min(total, int(t.total_steps * 1.1) + 1))
+        if total != t.total_steps:
+            t.set_total_steps(total)
             plan["replans"] += 1
-            self.progress.epochs = self.planned_epochs
 
-    def _measured_eval(self, images: int, seconds: float) -> None:
+    def on_validation_end(self, t, images: int, seconds: float) -> None:
         """Correct the estimate of the final test pass from a validation pass."""
-        plan = self.budget_plan
+        plan = self.plan
         if plan is None or images <= 0 or seconds <= 0:
             return
         rate = images / seconds
         plan["eval_images_per_second"] = rate
-        test_n = len(self.ds.test_labels)
         plan["final_seconds"] = (
-            test_n / rate * (3 if self.cfg.tta else 1) + plan["final_fixed_seconds"]
+            t.num_test / rate * (3 if self.tta else 1) + plan["final_fixed_seconds"]
         )
+
+    def on_epoch_end(self, t, row: dict) -> None:
+        if self.plan is not None:
+            spent = time.perf_counter() - t.epoch_end_started
+            self.plan["epoch_end_seconds"] = 0.5 * self.plan["epoch_end_seconds"] + 0.5 * spent
+        step, seconds, _ = self.window
+        self.window = (step, seconds, time.perf_counter())  # validation is not training time
+
+    def result_fields(self, total_steps: int) -> dict[str, Any]:
+        """The keys result.json gets from the budget."""
+        plan = self.plan or {}
+        if not plan:
+            return {}
+        return {
+            "time_budget": plan["time_budget"],
+            "planned_steps": plan["planned_steps"],
+            "planned_seconds": round(plan["planned_seconds"], 3),
+            "final_planned_steps": total_steps,
+            "replans": plan["replans"],
+        }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -288,6 +289,22 @@ _ACTIVE: list[Processes] = []
 def current() -> Processes:
     """The processes of the run in progress (a single-process stand-in outside one)."""
     return _ACTIVE[-1] if _ACTIVE else Processes()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rank_zero_only(fn: F) -> F:
+    """``fn`` runs on rank 0 only (every process of a one-process run is rank 0);
+    elsewhere it does nothing and returns None."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if current().is_main:
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
