@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import convzoo
+from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
 from convzoo.errors import CheckpointError, ConfigError
 from convzoo.export import (
     ExportCheckError,
@@ -25,7 +26,6 @@ from convzoo.export import (
     read_onnx_metadata,
     read_safetensors_metadata,
 )
-from convzoo.train.checkpoint import FORMAT
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

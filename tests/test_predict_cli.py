@@ -68,7 +68,8 @@ def argparse_error(capsys, *argv, match: str) -> None:
 
 
 def load_model(run):
-    from convzoo.train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+    from convzoo.artifacts import find_checkpoint, load_checkpoint
+    from convzoo.registry import model_from_checkpoint
 
     ckpt = load_checkpoint(find_checkpoint(run))
     return ckpt, model_from_checkpoint(ckpt)

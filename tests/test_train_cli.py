@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import write_idx_dataset
 
+from convzoo.artifacts import load_checkpoint
 from convzoo.cli import main
 from convzoo.train import TrainConfig, train
-from convzoo.train.checkpoint import load_checkpoint
 
 SMALL = ["--width", "0.125", "--limit-train", "192", "--val-size", "80", "--batch-size", "32"]
 

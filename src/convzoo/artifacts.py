@@ -384,8 +384,6 @@ def write_model_safetensors(
     Tensors are stored on the CPU and contiguous; tensors that share memory (tied
     weights) are stored once each, as copies (safetensors refuses shared storage).
     """
-    from safetensors.torch import save_file
-
     meta = model_meta(**meta)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     seen: set[int] = set()
@@ -394,10 +392,33 @@ def write_model_safetensors(
         if ptr in seen and v.numel():
             tensors[k] = v.clone()
         seen.add(ptr)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "convzoo": json.dumps(meta)})
-    return path
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={"format": "pt", "convzoo": json.dumps(meta)})
+    atomic_write_bytes(path, _sorted_metadata(data))
+    return Path(path)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its metadata keys in sorted order.
+
+    safetensors writes its metadata map in an order that changes from one process to
+    the next; sorting it makes the same weights give the same bytes (a deterministic run
+    gives a file with the same hash every time). Keys and values keep their bytes, so
+    the header keeps its length.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + size]
+    meta = json.loads(header).get("__metadata__") or {}
+
+    def encoded(keys) -> bytes:
+        obj = {k: meta[k] for k in keys}
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    written, wanted = encoded(meta), encoded(sorted(meta))
+    if written == wanted or header.count(written) != 1:
+        return data
+    return data[:8] + header.replace(written, wanted) + data[8 + size :]
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[int, ...]]]:

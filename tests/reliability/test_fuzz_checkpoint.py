@@ -22,13 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convzoo import get_model
+from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
+from convzoo.artifacts import load_checkpoint, save_checkpoint
 from convzoo.errors import CheckpointError, ModelError
-from convzoo.train.checkpoint import (
-    FORMAT,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from convzoo.registry import model_from_checkpoint
 
 from .common import FUZZ, memory_ceiling, works_or_refuses
 

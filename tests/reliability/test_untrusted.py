@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from convzoo import get_model
-from convzoo.artifacts import model_meta
+from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
+from convzoo.artifacts import UnsafeCheckpointError, load_checkpoint, model_meta, save_checkpoint
 from convzoo.cli import main
 from convzoo.data.datasets import CIFAR10_CLASSES, load_dataset, read_cifar_tarball
 from convzoo.errors import CheckpointError, DataError, ModelError
@@ -35,13 +36,7 @@ from convzoo.export import (
     load_safetensors,
     read_safetensors_metadata,
 )
-from convzoo.train.checkpoint import (
-    FORMAT,
-    UnsafeCheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from convzoo.registry import model_from_checkpoint
 
 from .common import encoded_image, memory_ceiling
 

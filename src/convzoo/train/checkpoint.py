@@ -286,14 +286,6 @@ def _version() -> str:
     return __version__
 
 
-# -- transitional ------------------------------------------------------------------------
-# Names that callers outside convzoo.train still import from here; they live in
-# convzoo.artifacts (file IO) and convzoo.registry (models). Remove this block once
-# export.py, report/analysis.py, cli/eval_cmd.py and their tests import them from there.
-from ..artifacts import CHECKPOINT_FORMAT as FORMAT  # noqa: E402
-from ..artifacts import find_checkpoint  # noqa: E402
-from ..registry import model_from_checkpoint, model_from_weights  # noqa: E402
-
 __all__ = [
     "EpochSums",
     "check_position",
@@ -302,12 +294,4 @@ __all__ = [
     "resume_world_note",
     "run_state",
     "save_run",
-    # transitional re-exports
-    "UnsafeCheckpointError",
-    "save_checkpoint",
-    "FORMAT",
-    "find_checkpoint",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "model_from_weights",
 ]
