@@ -341,7 +341,7 @@ def load_data(cfg: TrainConfig, saved: dict | None, warn: Callable[[str], None])
     data.start_line = (
         f"{cfg.model} on {ds.name}: input {'x'.join(map(str, input_size))}, {form} "
         f"({why}); {data.num_train} training, {data.num_val} validation, "
-        f"{len(ds.test_labels)} test images"
+        f"{len(ds.test_labels)} test images" + (f"; {ds.notes}" if ds.notes else "")
     )
     return data
 
@@ -358,6 +358,8 @@ def build_model(
     warn: Callable[[str], None],
 ) -> tuple[nn.Module, dict[str, Any], int]:
     """(model on ``device``, its get_model options, SyncBatchNorm layers converted)."""
+    from ..anatomy import check_memory
+    from ..models import check_input_size
     from ..registry import get_model
 
     options = {
@@ -374,15 +376,20 @@ def build_model(
                     f"cannot resume: the checkpoint's {cfg.model} has {key}="
                     f"{saved_options.get(key)}, the data here has {options[key]}"
                 )
+    limit = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    # the memory a training step needs, estimated on the meta device before any is spent
+    check_memory(
+        cfg.model,
+        options,
+        data.input_size,
+        max(1, cfg.batch_size // procs.world_size),
+        training=True,
+        what="convzoo train",
+        limit=limit,
+        fix="lower --batch-size, --width or --image-size",
+    )
     model = get_model(cfg.model, **options)
-    min_size = getattr(model, "min_input_size", None)
-    if min_size is not None and min(data.input_size[1:]) < min_size:
-        form = "small-input" if cfg.small_input else "faithful"
-        fix = f"--image-size {min_size}" + ("" if cfg.small_input else " or --small-input")
-        raise ConfigError(
-            f"{cfg.model} ({form} form) needs images of at least {min_size} px, these "
-            f"are {data.input_size[1]}x{data.input_size[2]}; use {fix}"
-        )
+    check_input_size(model, data.input_size)
     model.name = cfg.model
     sync_bn_layers = 0
     if cfg.sync_bn and procs.enabled:
