@@ -13,12 +13,12 @@ from convzoo.anatomy import (
     Row,
     Summary,
     check_memory,
-    human,
     memory_estimate,
     memory_terms,
     receptive_fields,
 )
 from convzoo.errors import ConfigError
+from convzoo.units import human
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,8 @@ import math
 import pytest
 
 from convzoo.errors import ConfigError
-from convzoo.train.schedule import (
-    ONECYCLE_DIV,
-    Schedule,
-    as_fraction,
-    fit_steps,
-    format_duration,
-    parse_duration,
-)
+from convzoo.train.schedule import ONECYCLE_DIV, Schedule, as_fraction, fit_steps
+from convzoo.units import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

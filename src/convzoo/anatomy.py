@@ -24,9 +24,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from .device import available_memory, gib
+from .device import available_memory
 from .errors import ConfigError
 from .registry import get_model
+from .units import gib, human
 
 # Layers that neither change the shape nor hold weights get no row of their own.
 _QUIET = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Dropout, nn.Identity, nn.Softmax)
@@ -82,14 +83,6 @@ class Summary:
             f"total mult-adds: {self.total_macs:,} ({human(self.total_macs)})",
         ]
         return "\n".join(out)
-
-
-def human(n: float) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:

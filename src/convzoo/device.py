@@ -127,8 +127,3 @@ def available_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
         return 1 << 40
-
-
-def gib(n: float) -> str:
-    """Bytes as GiB for a message: 2.5e9 -> '2.3 GiB'."""
-    return f"{n / 2**30:,.1f} GiB"

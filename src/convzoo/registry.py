@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from .artifacts import read_safetensors_header, read_safetensors_tensors
-from .device import available_memory, gib
+from .device import available_memory
 from .errors import CheckpointError, ConvzooError, ModelError
+from .units import gib
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}

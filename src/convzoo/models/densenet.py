@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..device import available_memory, gib
+from ..device import available_memory
 from ..errors import ModelError
 from ..registry import register_model
+from ..units import gib
 from .layers import ConvNet, init_weights, scale_width
 
 # name -> (growth rate, layers per dense block, channels of the stem): Table 1.

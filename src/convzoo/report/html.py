@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..anatomy import human
 from ..artifacts import atomic_write_bytes, atomic_write_text, refuse_overwrite
 from ..errors import ConfigError, ConvzooError
+from ..units import human
 from .analysis import Optimizer, RunAnalysis, analyse_run
 from .leaderboard import (
     Entry,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..anatomy import human
 from ..device import available_cores
+from ..units import format_duration, human
 from .runs import Run
 
 __all__ = [
@@ -113,18 +113,6 @@ def leaderboard(runs: list[Run], speeds: dict[str, dict | None] | None = None) -
 
 # ---------------------------------------------------------------------------------------
 # Formatting (shared with the HTML report)
-
-
-def format_duration(seconds: float) -> str:
-    """61.5 -> '1m01s'; 3725 -> '1h02m05s' (as the training progress lines write it)."""
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m:02d}m{s:02d}s"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
 
 
 def format_cell(attr: str, value: Any) -> str:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..anatomy import human
+from ..units import human
 from .analysis import RunAnalysis
 from .leaderboard import COLUMNS, Entry, format_cell, speed_note
 from .runs import Run

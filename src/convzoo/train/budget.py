@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
+from ..units import format_duration
 from .callbacks import Callback, rank_zero_only
 from .distributed import Processes, SetupFailed
-from .schedule import fit_steps, format_duration
+from .schedule import fit_steps
 
 BUDGET_MARGIN = 0.03  # plan to end this fraction before the budget
 # What the caller does after train() returns (plots, the one-run report), in seconds:

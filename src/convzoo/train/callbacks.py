@@ -266,7 +266,7 @@ class ProgressDisplay(Callback):
 
 def summary_lines(r: dict, run_dir: Path) -> str:
     """The final summary a run prints."""
-    from .schedule import format_duration
+    from ..units import format_duration
 
     best = r["best_val_accuracy"]
     tta = f" ({r['test_accuracy_tta']:.2%} with flip TTA)" if "test_accuracy_tta" in r else ""

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .schedule import SCHEDULES, parse_duration
+from ..units import parse_duration
+from .schedule import SCHEDULES
 
 try:  # Python >= 3.11
     import tomllib

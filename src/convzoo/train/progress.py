@@ -12,7 +12,7 @@ from typing import TextIO
 
 import torch
 
-from .schedule import format_duration
+from ..units import format_duration
 
 REFRESH_SECONDS = 0.5
 

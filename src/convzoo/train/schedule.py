@@ -18,7 +18,6 @@ shape is squeezed into the steps that fit.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -147,38 +146,3 @@ def as_fraction(value: float, epochs: float, what: str) -> float:
     if frac >= 1:
         raise ConfigError(f"{what} of {value:g} epochs does not fit in a run of {epochs:g} epochs")
     return frac
-
-
-_DURATION = re.compile(
-    r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s)?$"
-)
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '5m', '1h30m', '1.5h' or plain seconds ('300') -> seconds (> 0)."""
-    raw = str(text).strip().lower().replace(" ", "")
-    seconds: float | None = None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        match = _DURATION.match(raw)
-        if match and any(match.groupdict().values()):
-            parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
-            seconds = parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(
-            f"time budget must look like 90s, 5m, 1h30m or plain seconds, got {text!r}"
-        )
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """61.5 -> '1m01s'; 3725 -> '1h02m05s'."""
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m:02d}m{s:02d}s"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
