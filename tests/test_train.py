@@ -202,7 +202,8 @@ def test_sigterm_exit_code(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_truncated_last_checkpoint_falls_back(data_dir, reference, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_last_checkpoint_falls_back(data_dir, reference, tmp_path, capsys, damage):
     out = tmp_path / "run"
 
     def interrupt(step):
@@ -214,11 +215,12 @@ def test_truncated_last_checkpoint_falls_back(data_dir, reference, tmp_path, cap
     last = out / "checkpoints" / "last.pt"
     assert load_checkpoint(out / "checkpoints" / "last.prev.pt")["step"] == 12
     data = last.read_bytes()
-    last.write_bytes(data[: len(data) // 2])
+    last.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
     capsys.readouterr()
     train(TrainConfig(model="nin", quiet=True), resume=out)
     err = capsys.readouterr().err
     assert "truncated or corrupt" in err and "falling back to" in err and "last.prev.pt" in err
+    assert "arbitrary code" not in err
     assert_bitwise_equal(reference[0], out)
     assert load_checkpoint(last)["step"] == STEPS  # whole again
 

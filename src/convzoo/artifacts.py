@@ -323,9 +323,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                 f"refusing to load {path}: it needs arbitrary code to load ({code}); "
                 "convzoo only loads tensors and plain values"
             ) from None
-        if isinstance(exc, pickle.UnpicklingError):
-            raise CheckpointError(f"{path} is corrupt: {_first_line(exc)}") from None
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(exc)})") from None
+        if not zipfile.is_zipfile(path):
+            detail = "not a PyTorch checkpoint file"
+        elif isinstance(exc, pickle.UnpicklingError):
+            detail = "its pickled contents are damaged"
+        else:
+            detail = _first_line(exc)
+        raise CheckpointError(f"{path} is truncated or corrupt ({detail})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a convzoo checkpoint (expected format {CHECKPOINT_FORMAT})"
