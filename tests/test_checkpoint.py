@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from convzoo import artifacts as ck
+from convzoo.artifacts import checkpoints as ck
 from convzoo import get_model
 from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
 from convzoo.artifacts import (

@@ -21,7 +21,7 @@ import os
 import pytest
 import torch
 
-from convzoo import artifacts as ck
+from convzoo.artifacts import checkpoints as ck
 from convzoo import get_model
 from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
 from convzoo.artifacts import CheckpointWriteError, load_checkpoint, save_checkpoint
