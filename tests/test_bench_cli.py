@@ -7,7 +7,7 @@ import json
 import pytest
 
 from convzoo.cli import main
-from convzoo.train.config import build_config
+from convzoo.train import build_config
 
 SMALL = ["--input", "1x28x28", "--small-input", "--width", "0.125"]
 

@@ -8,7 +8,6 @@ import pickle
 import pytest
 import torch
 
-from convzoo.artifacts import checkpoints as ck
 from convzoo import get_model
 from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
 from convzoo.artifacts import (
@@ -18,6 +17,7 @@ from convzoo.artifacts import (
     load_checkpoint,
     save_checkpoint,
 )
+from convzoo.artifacts import checkpoints as ck
 from convzoo.errors import CheckpointError
 from convzoo.registry import model_from_checkpoint
 

@@ -13,7 +13,7 @@ from conftest import write_idx_dataset
 from convzoo.cli import build_parser, main
 from convzoo.cli.compare_cmd import ALL_MODELS, models_to_train
 from convzoo.registry import list_models
-from convzoo.train.config import build_config
+from convzoo.train import build_config
 
 TINY = ["--width", "0.125", "--epochs", "1", "--val-size", "20", "--batch-size", "50"]
 TINY += ["--threads", "1", "--seed", "3", "--quiet"]

@@ -18,7 +18,6 @@ from convzoo.errors import ConfigError
 from convzoo.train.config import (
     RESUME_OPTIONS,
     TrainConfig,
-    build_config,
     check_config,
     field_problem,
     merge_resume,
@@ -27,6 +26,7 @@ from convzoo.train.config import (
     parse_option,
     to_argv,
 )
+from convzoo.train.recipes import build_config
 
 # The flags of every command before their options were generated (flag sets, not texts).
 BASELINE = {

@@ -16,9 +16,9 @@ from convzoo.artifacts import load_checkpoint
 from convzoo.errors import CheckpointError, ConfigError
 from convzoo.registry import get_model, model_from_checkpoint
 from convzoo.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
-from convzoo.train.config import build_config, recipes_dir
 from convzoo.train.ema import EMA
 from convzoo.train.optim import training_loss
+from convzoo.train.recipes import build_config, recipes_dir
 from convzoo.training import train_run
 
 METRIC_KEYS = {

@@ -81,11 +81,11 @@ def test_bad_data_dir(tmp_path, capsys):
     afile = tmp_path / "file"
     afile.write_text("x")
     assert_usage_error(cli(["nin", "--data-dir", str(afile)], capsys), "not a directory")
-    # an empty folder has no dataset: said in one line
+    # an empty folder has no dataset: said in one line, with what it lacks
     (tmp_path / "empty").mkdir()
     assert_usage_error(
         cli(["nin", "--data-dir", str(tmp_path / "empty"), "--dataset", "mnist"], capsys),
-        "not found",
+        "no complete MNIST there",
     )
 
 

@@ -21,10 +21,10 @@ import os
 import pytest
 import torch
 
-from convzoo.artifacts import checkpoints as ck
 from convzoo import get_model
 from convzoo.artifacts import CHECKPOINT_FORMAT as FORMAT
 from convzoo.artifacts import CheckpointWriteError, load_checkpoint, save_checkpoint
+from convzoo.artifacts import checkpoints as ck
 from convzoo.train.setup import NO_BUSY_CHECK
 
 from .common import run_limited

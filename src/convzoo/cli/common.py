@@ -8,7 +8,7 @@ import shlex
 import time
 
 from ..errors import ConfigError
-from ..train.config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Number
+from ..train.options import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Number
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:

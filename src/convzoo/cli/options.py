@@ -17,13 +17,13 @@ from collections.abc import Iterable
 from ..errors import ConfigError
 from ..train.config import (
     GROUPS,
-    Option,
     field_default,
     flag_of,
     options,
     parse_option,
     parse_value,
 )
+from ..train.options import Option
 
 
 def argument_type(name: str):

@@ -11,7 +11,8 @@ side effects are the callbacks of :mod:`convzoo.train.callbacks`.
 
 from __future__ import annotations
 
-from .config import TrainConfig, build_config
+from .config import TrainConfig
+from .recipes import build_config
 from .trainer import TrainingDiverged, TrainingInterrupted, TrainResult, train
 
 __all__ = [

@@ -20,13 +20,24 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
 from ..units import parse_duration
+from .options import (
+    FRACTION_BELOW_ONE,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    SEED,
+    Number,
+    Option,
+    option,
+)
 from .schedule import SCHEDULES
 
 try:  # Python >= 3.11
@@ -68,126 +79,6 @@ FAITHFUL_FROM_PX = 64
 
 # Option groups, in the order `convzoo train --help` shows them.
 GROUPS = ("data", "length", "model", "optimisation", "augmentation", "machine", "run")
-
-
-# -- the declaration of an option ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Number:
-    """The values a numeric option takes; the argparse type and :func:`check_config`
-    both use it, so that the command line and a recipe accept the same numbers.
-
-    Every value must be finite. ``low``/``high`` bound it (``None``: no bound), open
-    (strict) unless ``low_closed``/``high_closed``; ``zero`` also admits 0 (e.g. EMA
-    decay: 0 is off).
-    """
-
-    kind: type = float  # int or float
-    low: float | None = 0
-    low_closed: bool = False
-    high: float | None = None
-    high_closed: bool = False
-    zero: bool = False
-
-    def describe(self) -> str:
-        """'a positive integer', 'a number >= 0', 'a number in [0, 1)', ..."""
-        integer = self.kind is int
-        if self.low == 0 and self.high is None and not self.zero:
-            if not self.low_closed:
-                return f"a positive {'integer' if integer else 'number'}"
-            return f"a {'whole number' if integer else 'number'} >= 0"
-        if integer and self.low_closed and self.high_closed:
-            text = f"a whole number from {self.low} to {self.high}"
-        elif self.high is None:
-            text = f"a number {'>=' if self.low_closed else '>'} {self.low:g}"
-        else:
-            left, right = "[("[not self.low_closed], "])"[not self.high_closed]
-            text = f"a number in {left}{self.low:g}, {self.high:g}{right}"
-        return f"0 or {text}" if self.zero else text
-
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` cannot be used (None when it can)."""
-        kinds = (int,) if self.kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            return f"must be {self.describe()}, got {value!r}"
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number, got {value!r}"
-        if self.zero and value == 0:
-            return None
-        too_low = self.low is not None and (
-            value < self.low or (value == self.low and not self.low_closed)
-        )
-        too_high = self.high is not None and (
-            value > self.high or (value == self.high and not self.high_closed)
-        )
-        if too_low or too_high:
-            return f"must be {self.describe()}, got {value!r}"
-        return None
-
-    def convert(self, text: str) -> int | float:
-        """The number written in ``text`` (ConfigError when there is none)."""
-        try:
-            return self.kind(text.strip())
-        except (ValueError, OverflowError):
-            raise ConfigError(f"must be {self.describe()}, got {text!r}") from None
-
-
-POSITIVE_INT = Number(int)
-POSITIVE = Number(float)
-NON_NEGATIVE_INT = Number(int, low_closed=True)
-NON_NEGATIVE = Number(float, low_closed=True)
-FRACTION_BELOW_ONE = Number(float, low_closed=True, high=1)
-PROBABILITY = Number(float, low_closed=True, high=1, high_closed=True)
-SEED = Number(int, low_closed=True, high=2**63 - 1, high_closed=True)
-
-
-@dataclass(frozen=True)
-class Option:
-    """How a :class:`TrainConfig` field appears on the command line and what it accepts.
-
-    ``action``: ``"value"`` (``--flag VALUE``), ``"bool"`` (``--flag`` / ``--no-flag``),
-    ``"store_true"`` (``--flag``), ``"append"`` (repeatable ``--flag VALUE``) or
-    ``None`` (not a flag). ``parse`` turns text into a value before ``number`` checks it;
-    ``extra`` checks what ``number`` cannot say (returns the problem or None).
-    ``default_text`` is how ``--help`` states a default that is chosen at run time.
-    """
-
-    help: str
-    group: str = "run"
-    number: Number | None = None
-    parse: Callable[[str], Any] | None = None
-    extra: Callable[[Any], str | None] | None = None
-    choices: tuple[str, ...] | None = None
-    metavar: str | None = None
-    flag: str | None = None
-    default_text: str | None = None
-    action: str | None = "value"
-    nargs: str | None = None
-    const: Any = None
-    exclusive: str | None = None  # the mutually exclusive set it belongs to
-
-    def check(self, value: Any) -> str | None:
-        """Why ``value`` cannot be used (None when it can); None values mean "choose"."""
-        if value is None:
-            return None
-        if self.choices is not None and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}, got {value!r}"
-        if self.number is not None:
-            problem = self.number.problem(value)
-            if problem:
-                return problem
-        if self.action in ("bool", "store_true") and not isinstance(value, bool):
-            return f"must be true or false, got {value!r}"
-        return self.extra(value) if self.extra else None
-
-
-def option(default: Any = dataclasses.MISSING, *, factory=None, **kwargs) -> Any:
-    """A dataclass field with its :class:`Option` in the metadata."""
-    meta = {"option": Option(**kwargs)}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def _share(text: str) -> float:
@@ -477,7 +368,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in data if k not in names]
         if unknown:
-            raise ConfigError(_unknown_key_message(unknown[0], names, where))
+            raise ConfigError(unknown_key_message(unknown[0], names, where))
         if "model" not in data:
             raise ConfigError(f"{where} names no model")
         return cls(**data)
@@ -533,7 +424,7 @@ def parse_value(name: str, text: str) -> Any:
     return value
 
 
-def _unknown_key_message(key: str, names, where: str) -> str:
+def unknown_key_message(key: str, names, where: str) -> str:
     close = difflib.get_close_matches(key, sorted(names), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown key {key!r} in {where}{hint}"
@@ -556,145 +447,6 @@ def check_config(cfg: TrainConfig) -> None:
             problem = f"needs a value (its default is {field_default(name)!r})"
         if problem:
             raise ConfigError(f"{flag_of(name)} {problem}")
-
-
-# ---------------------------------------------------------------------------------------
-# Recipes
-
-
-def recipes_dir() -> Path:
-    """Where recipes live: ``$CONVZOO_RECIPES``, else ``recipes/`` at the repository root."""
-    env = os.environ.get("CONVZOO_RECIPES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "recipes"
-
-
-def family_of(model: str) -> str | None:
-    """'resnet18' -> 'resnet', 'vgg11_bn' -> 'vgg'; None for a name of no known family."""
-    for fam in FAMILIES:
-        if model.lower().startswith(fam):
-            return fam
-    return None
-
-
-def dataset_key(dataset: str) -> str:
-    """The recipes/ sub-folder of a dataset: its name, or 'folder' for image folders."""
-    from ..data.datasets import DATASET_NAMES
-
-    return dataset if dataset in DATASET_NAMES else "folder"
-
-
-def find_recipe(name: str, dataset: str) -> Path:
-    """A recipe name (recipes/<dataset>/<name>.toml) or a path to a TOML file."""
-    as_path = Path(name).expanduser()
-    if name.endswith(".toml") or os.sep in name or "/" in name:
-        if as_path.is_file():
-            return as_path
-        raise ConfigError(f"recipe file {name} does not exist")
-    folder = recipes_dir() / dataset_key(dataset)
-    path = folder / f"{name}.toml"
-    if path.is_file():
-        return path
-    known = sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
-    hint = f"; available for {dataset_key(dataset)}: {', '.join(known)}" if known else ""
-    raise ConfigError(f"no recipe {name!r} in {folder}{hint}")
-
-
-def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings of a recipe file; ConfigError names any unknown key or unusable value."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
-    data.pop("description", None)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in data:
-        if key in NOT_IN_RECIPES:
-            raise ConfigError(f"key {key!r} in recipe {path} is not allowed in a recipe")
-        if key not in names:
-            raise ConfigError(_unknown_key_message(key, names, f"recipe {path}"))
-    if "time_budget" in data and isinstance(data["time_budget"], str):
-        data["time_budget"] = parse_duration(data["time_budget"])
-    for key, value in data.items():
-        problem = field_problem(key, value)
-        if problem:
-            raise ConfigError(f"{key} in recipe {path} {problem}; fix the recipe or use --recipe")
-    return data
-
-
-def asks_for_faithful_form(overrides: dict[str, Any]) -> bool:
-    """Whether options ask for the faithful form: ``--no-small-input``, or (left to
-    choose) ``--image-size`` of at least :data:`FAITHFUL_FROM_PX`."""
-    if "small_input" in overrides and overrides["small_input"] is not None:
-        return overrides["small_input"] is False
-    size = overrides.get("image_size")
-    return isinstance(size, int) and not isinstance(size, bool) and size >= FAITHFUL_FROM_PX
-
-
-def build_config(
-    model: str,
-    overrides: dict[str, Any] | None = None,
-    *,
-    recipe: str | None = None,
-    log: Callable[[str], None] | None = None,
-    note: Callable[[str], None] | None = None,
-) -> TrainConfig:
-    """Defaults < recipe < ``overrides``.
-
-    ``recipe`` is a name, a path, ``"none"`` (no recipe), or None: for Fashion-MNIST the
-    family's recipe ``recipes/fashion-mnist/<family>.toml`` is applied when it exists.
-    ``log`` (a callable taking a line) says which recipe was applied; ``note`` (default
-    ``log``) which of its small-input-only model options (:data:`SMALL_INPUT_ONLY_OPTIONS`)
-    were left out because the options ask for the faithful form.
-    """
-    overrides = dict(overrides or {})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in overrides:
-        if key not in names:
-            raise ConfigError(_unknown_key_message(key, names, "options"))
-    dataset = overrides.get("dataset") or "fashion-mnist"
-    settings: dict[str, Any] = {}
-    applied = None
-    if recipe and recipe.lower() != "none":
-        path = find_recipe(recipe, dataset)
-        settings = read_recipe(path)
-        applied = recipe
-    elif recipe is None and dataset == "fashion-mnist":
-        family = family_of(model)
-        path = recipes_dir() / "fashion-mnist" / f"{family}.toml"
-        if family and path.is_file():
-            settings = read_recipe(path)
-            applied = f"fashion-mnist/{family}"
-    if applied and log:
-        log(f"recipe: {applied} ({path})")
-    if "dataset" in settings and "dataset" not in overrides:
-        dataset = settings["dataset"]
-    model_options = dict(settings.pop("model_options", {}) or {})
-    if asks_for_faithful_form({**settings, **overrides}):
-        dropped = [k for k in SMALL_INPUT_ONLY_OPTIONS if k in model_options]
-        for key in dropped:
-            model_options.pop(key)
-        note = note or log
-        if dropped and note:
-            note(
-                f"recipe {applied}: model option {', '.join(dropped)} left out (it applies "
-                "to the small-input form only, and this run uses the faithful form)"
-            )
-    model_options.update(overrides.pop("model_options", {}) or {})
-    # A recipe gives epochs; a time budget on the command line replaces it (the
-    # recipe's epochs still scale the schedule) and explicit epochs replace a budget.
-    if "epochs" in overrides and "time_budget" not in overrides:
-        settings.pop("time_budget", None)
-    merged = {**settings, **overrides, "model": model, "model_options": model_options}
-    merged["recipe"] = applied
-    cfg = TrainConfig.from_dict(merged, where="options")
-    check_config(cfg)
-    return cfg
 
 
 def parse_option(text: str) -> tuple[str, Any]:
