@@ -78,20 +78,7 @@ def test_every_command_offers_the_same_flags_as_before(command):
     assert flags(subparsers()[command]) == set(BASELINE[command].split())
 
 
-DESCRIBED = [
-    pytest.param(
-        c,
-        marks=pytest.mark.xfail(
-            reason="report's --no-speed and --quiet do not state their defaults yet", strict=True
-        ),
-    )
-    if c == "report"
-    else c
-    for c in sorted(BASELINE)
-]
-
-
-@pytest.mark.parametrize("command", DESCRIBED)
+@pytest.mark.parametrize("command", sorted(BASELINE))
 def test_every_option_has_a_description_that_shows_its_default(command):
     for action in subparsers()[command]._actions:
         if not action.option_strings or "--help" in action.option_strings:
