@@ -30,7 +30,11 @@ def register(sub) -> None:
         "--out", default=None, metavar="DIR", help="where to write (default: RUN_DIR/explain)"
     )
     p.add_argument(
-        "--topk", type=positive_int, default=3, metavar="K", help="classes shown per image"
+        "--topk",
+        type=positive_int,
+        default=3,
+        metavar="K",
+        help="classes shown per image (default: 3)",
     )
     p.add_argument(
         "--device",
