@@ -107,7 +107,7 @@ def test_grad_cam_on_a_family_model_keeps_its_modes():
     "name, layer, first_stage",
     [
         ("resnet18", "layer4.1", "layer1.1"),
-        ("googlenet", "features.inception5b", "features.conv1"),
+        ("googlenet", "inception5b", "stem.conv1"),
         pytest.param("densenet121", "blocks.6", "blocks.0", marks=pytest.mark.slow),
     ],
 )
