@@ -100,10 +100,10 @@ def smallest_input(model: ConvNet) -> int:
     if key in _SMALLEST:
         return _SMALLEST[key]
     first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
+    where = {"device": first.device, "dtype": first.dtype} if first is not None else {}
 
     def runs(size: int) -> bool:
-        x = torch.zeros(1, model.in_channels, size, size, device=device)
+        x = torch.zeros(1, model.in_channels, size, size, **where)
         try:
             with torch.no_grad():
                 model(x)
