@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import load_image
+from ..data.folders import load_image
 from ..errors import DataError
 
 __all__ = ["load_images", "pick_examples"]
