@@ -9,7 +9,8 @@ pass on held-out images before it is used.
   logits differ from float32 by about 1e-2 relative: close, not equal.
 * ``"int8"``: post-training static quantization (Jacob et al. 2018) with onnxruntime's
   ``quantize_static``: QDQ format, weights int8 per output channel, activations uint8
-  per tensor with MinMax ranges calibrated on training images (never test images), and
+  per tensor with MinMax ranges calibrated on training images (never test images), the
+  first convolution and the classifier left in float32, and
   ``reduce_range`` (7-bit weights) on a CPU without VNNI, where the 16-bit
   intermediate sums of the AVX2 kernels could otherwise saturate. The choice of
   onnxruntime over PyTorch's PT2E path is argued, with figures, in docs/inference.md.
@@ -176,6 +177,13 @@ def quantize_onnx(
     channel, uint8 activations, MinMax ranges from ``calibration``: normalised float
     (N, C, H, W) training images). ``reduce_range`` defaults to "this CPU lacks VNNI".
 
+    The first convolution and the last layer (the classifier) stay in float32, as is
+    usual in post-training quantization: the stem sees the raw input and the classifier's
+    errors go straight into the logits. Measured on a resnet18 (Fashion-MNIST,
+    validation split), quantizing them too cut the top-1 agreement with float32 from 96%
+    to 88%; per-channel weights with MinMax ranges did better there than Percentile or
+    Entropy calibration and than symmetric int8 activations.
+
     Returns the settings as a JSON-ready dict (the calibration's description).
     """
     try:
@@ -211,7 +219,10 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="convzoo-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        graph = onnx.load(str(pre), load_external_data=False).graph
+        name = graph.input[0].name
+        layers = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        keep = [layers[0], layers[-1]] if len(layers) > 2 else []
         quantize_static(
             str(pre),
             str(dst),
@@ -222,6 +233,7 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep,
         )
     return {
         "method": "onnxruntime.quantization.quantize_static",
@@ -231,6 +243,7 @@ def quantize_onnx(
         "calibrate_method": "MinMax",
         "reduce_range": bool(reduce_range),
         "calibration_images": int(calibration.shape[0]),
+        "float32_layers": keep,
     }
 
 
