@@ -48,7 +48,16 @@ from torch import Tensor, nn
 from .device import synchronize
 from .errors import ConfigError, ModelError
 from .fold import FusedConv2d, ScaleShift, _rewrite, fold_batch_norm, fold_model, fold_report
-from .lowp import DEFAULT_MAX_DROP, LOWP_BACKENDS, build_bf16, build_int8, check_gate, held_out
+from .lowp import (
+    DEFAULT_MAX_DROP,
+    LOWP_BACKENDS,
+    build_bf16,
+    build_int8,
+    calibration_batch,
+    check_gate,
+    held_out,
+    normalised_batches,
+)
 from .onnx_io import OnnxRuntimeModel
 
 __all__ = [
@@ -182,17 +191,7 @@ def load_trained(
 
 
 def _loader(images: Tensor, labels: Tensor, data: dict, device, batch_size: int):
-    from .data.loader import Loader
-
-    return Loader(
-        images,
-        labels,
-        batch_size=batch_size,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
-    )
+    return normalised_batches(images, labels, data, device, batch_size)
 
 
 def prepare_backend(
@@ -231,17 +230,7 @@ def prepare_backend(
         return optimize(model, example, backend, threads=threads), info
     data = ckpt["data"]
     held = held_out(ckpt, data_dir)
-    calibration = next(
-        iter(
-            _loader(
-                held.calibration_images,
-                torch.zeros(len(held.calibration_images), dtype=torch.long),
-                data,
-                "cpu",
-                len(held.calibration_images),
-            )
-        )
-    )[0]
+    calibration = calibration_batch(held, data)
     val = _loader(held.val_images, held.val_labels, data, device, 256)
 
     def gated(name: str, runner: nn.Module) -> dict[str, Any]:

@@ -45,11 +45,13 @@ __all__ = [
     "HeldOut",
     "build_bf16",
     "build_int8",
+    "calibration_batch",
     "check_gate",
     "cpu_precisions",
     "describe_precisions",
     "held_out",
     "measure_gate",
+    "normalised_batches",
     "quantize_onnx",
 ]
 
@@ -263,6 +265,32 @@ def build_int8(
 
 
 # -- held-out images and the gate --------------------------------------------------------------
+
+
+def normalised_batches(
+    images: Tensor, labels: Tensor | None, data: dict, device="cpu", batch_size: int = 256
+):
+    """A :class:`~convzoo.data.loader.Loader` over uint8 ``images`` preprocessed as the
+    run's were (``data``: a checkpoint's data entry: mean, std, resize)."""
+    from .data.loader import Loader
+
+    if labels is None:
+        labels = torch.zeros(len(images), dtype=torch.long)
+    return Loader(
+        images,
+        labels,
+        batch_size=batch_size,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+
+
+def calibration_batch(held: HeldOut, data: dict) -> Tensor:
+    """The calibration images of ``held`` as one normalised float CPU batch."""
+    images = held.calibration_images
+    return next(iter(normalised_batches(images, None, data, "cpu", len(images))))[0]
 
 
 @dataclass
