@@ -166,6 +166,11 @@ def run(args) -> int:
             "backend": info["backend"],
             "requested_backend": args.backend,
             "accuracy_gate": gate,
+            **(
+                {"auto": {"images_per_second": info["timings"], "refused": info["refused"]}}
+                if "timings" in info
+                else {}
+            ),
             "classes": classes,
             **result.to_dict(),
         }
@@ -178,6 +183,8 @@ def run(args) -> int:
     )
     if gate:
         print(format_gate(gate))
+    for name, why in info.get("refused", {}).items():
+        print(f"not used    {name}: {why.split(';')[0]}")
     print(
         f"test set    {data['dataset']}, {result.num_samples:,} images"
         + ("  (TTA: image + horizontal flip)" if tta else "")
