@@ -184,7 +184,7 @@ def run(args) -> int:
     if gate:
         print(format_gate(gate))
     for name, why in info.get("refused", {}).items():
-        print(f"not used    {name}: {why.split(';')[0]}")
+        print(f"not used    {name}: {why.split(', more than')[0]}")
     print(
         f"test set    {data['dataset']}, {result.num_samples:,} images"
         + ("  (TTA: image + horizontal flip)" if tta else "")
