@@ -216,27 +216,36 @@ def quantize_onnx(
             x = next(self.it, None)
             return None if x is None else {self.name: x}
 
+    import logging
+
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="convzoo-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        graph = onnx.load(str(pre), load_external_data=False).graph
-        name = graph.input[0].name
-        layers = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-        keep = [layers[0], layers[-1]] if len(layers) > 2 else []
-        quantize_static(
-            str(pre),
-            str(dst),
-            Reader(name),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=keep,
-        )
+    # The quantizer logs through the root logger (e.g. a per-channel axis that a
+    # pre-activation batch norm's 1-D weight lacks, which it then quantizes per tensor).
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="convzoo-int8-") as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            graph = onnx.load(str(pre), load_external_data=False).graph
+            name = graph.input[0].name
+            layers = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+            keep = [layers[0], layers[-1]] if len(layers) > 2 else []
+            quantize_static(
+                str(pre),
+                str(dst),
+                Reader(name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=keep,
+            )
+    finally:
+        logging.disable(previous)
     return {
         "method": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
