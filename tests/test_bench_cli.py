@@ -26,12 +26,15 @@ def test_throughput_table_has_every_backend(capsys):
     lines = out.splitlines()
     assert lines[0].startswith("resnet18 (small-input, width 0.125, 10 classes)")
     assert "batch 64" in lines[0] and "median of 2 runs" in lines[0]
-    rows = {line.split("  ")[0].strip(): line for line in lines[3:] if line.strip()}
-    assert list(rows) == ["eager NCHW", "fast", "onnxruntime"]
+    assert lines[1].startswith("CPU ") and "bf16" in lines[1]  # the native precision paths
+    rows = {line.split("  ")[0].strip(): line for line in lines[4:] if line.strip()}
+    assert list(rows) == ["eager NCHW", "fast", "onnxruntime", "bf16", "int8 (onnxruntime)"]
     assert rows["eager NCHW"].split()[4] == "1.00x" and rows["eager NCHW"].endswith("reference")
     for name in ("fast", "onnxruntime"):
         assert rows[name].endswith("yes"), rows[name]  # agrees with eager to 1e-4
         assert float(rows[name].split()[1]) > 0
+    for name in ("bf16", "int8 (onnxruntime)"):
+        assert "approximate (" in rows[name], rows[name]  # close, not equal to 1e-4
 
 
 @pytest.mark.slow
@@ -44,6 +47,7 @@ def test_throughput_json_and_one_backend(capsys):
     res = json.loads(out)
     assert res["model"] == "nin" and res["batch"] == 4 and res["threads"] == 1
     assert res["input_size"] == [1, 28, 28] and res["num_classes"] == 10
+    assert set(res["precisions"]) >= {"cpu", "paths", "bf16_native", "int8_native"}
     assert [r["backend"] for r in res["rows"]] == ["eager", "fast"]
     eager, fast = res["rows"]
     assert eager["speedup"] == 1.0 and eager["max_rel_error"] == 0.0

@@ -1,8 +1,11 @@
 """Throughput benchmarks: inference per backend, and the training step.
 
-:func:`bench_throughput` times eager NCHW inference, convzoo's "fast" backend and
-onnxruntime on random input (median latency per batch over repeated timed runs after a
-warm-up) and gives the speed-up over eager. :func:`bench_train` times a training step
+:func:`bench_throughput` times eager NCHW inference, convzoo's "fast" backend,
+onnxruntime and the approximate "bf16" and "int8" backends on random input (median
+latency per batch over repeated timed runs after a warm-up), gives the speed-up over
+eager and says which precision paths the CPU runs natively
+(:func:`convzoo.lowp.cpu_precisions`). The int8 backend is calibrated on a separate
+random batch here: with random weights and inputs its figures are of speed only. :func:`bench_train` times a training step
 (forward, backward, optimizer step) as ``convzoo train`` takes it
 (:func:`convzoo.train.optim.build_optimizer` and :func:`~convzoo.train.optim.training_loss`),
 in eager NCHW float32 and with convzoo's default training settings. Both return plain
@@ -22,12 +25,16 @@ from typing import Any
 from .device import available_cores
 from .errors import ConfigError, ModelError
 
-BACKEND_CHOICES = ("eager", "fast", "onnxruntime", "all")
+BACKEND_CHOICES = ("eager", "fast", "onnxruntime", "bf16", "int8", "all")
+ALL_BACKENDS = ("eager", "fast", "onnxruntime", "bf16", "int8")
+APPROXIMATE = ("bf16", "int8")
 BACKEND_LABELS = {
     "eager": "eager NCHW",
     "fast": "fast",
     "fast+compile": "fast + torch.compile",
     "onnxruntime": "onnxruntime",
+    "bf16": "bf16",
+    "int8": "int8 (onnxruntime)",
 }
 TRAIN_VARIANTS = ("default", "all")
 DEFAULT_BATCH = 64
@@ -74,7 +81,7 @@ def check_options(
     *, input_size, batch: int, width: float, num_classes: int, threads, repeats: int, warmup: int
 ) -> None:
     """:class:`ConfigError` naming the flag of the first option that cannot be used."""
-    from .train.config import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+    from .train.options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 
     checks = [
         ("--batch", batch, POSITIVE_INT),
@@ -109,7 +116,7 @@ def bench_throughput(
     *,
     input_size: tuple[int, int, int] = (3, 224, 224),
     batch: int = DEFAULT_BATCH,
-    backends: tuple[str, ...] = ("eager", "fast", "onnxruntime"),
+    backends: tuple[str, ...] = ALL_BACKENDS,
     small_input: bool = False,
     width: float = 1.0,
     num_classes: int = 1000,
@@ -124,12 +131,14 @@ def bench_throughput(
     Each row: backend, label, images_per_second, latency_ms (median per batch), setup_s
     (time to build the backend), speedup (over eager NCHW, which is always measured,
     first) and max_rel_error (largest deviation from eager, in the units of
-    convzoo.infer's 1e-4 tolerance check; 0 for eager). ``compile`` adds a
-    "fast+compile" row.
+    convzoo.infer's 1e-4 tolerance check; 0 for eager; bf16 and int8 are approximate and
+    do not keep it). ``compile`` adds a "fast+compile" row. ``precisions``: what
+    :func:`convzoo.lowp.cpu_precisions` says of this CPU.
     """
     import torch
 
     from . import infer
+    from .lowp import cpu_precisions
 
     check_options(
         input_size=input_size, batch=batch, width=width, num_classes=num_classes,
@@ -142,6 +151,7 @@ def bench_throughput(
     _check_size(model, input_size, small_input)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
+    calibration = torch.randn(128, *input_size, generator=gen)
     # Eager NCHW always runs first: the reference for the speed-up and the agreement.
     wanted = ["eager"] + [b for b in backends if b != "eager"]
     if compile and "fast+compile" not in wanted:
@@ -154,7 +164,10 @@ def bench_throughput(
             if backend == "fast+compile":
                 runner = infer.optimize(model, x, "fast", threads=threads, compile=True)
             else:
-                runner = infer.optimize(model, x, backend, threads=threads)
+                runner = infer.optimize(
+                    model, x, backend, threads=threads,
+                    calibration=calibration if backend == "int8" else None,
+                )  # fmt: skip
             setup = time.perf_counter() - started
             with torch.inference_mode():
                 out = runner(x)
@@ -170,6 +183,7 @@ def bench_throughput(
                     "latency_min_ms": timing["latency_min_ms"],
                     "setup_s": setup,
                     "max_rel_error": infer.max_relative_error(out, reference),
+                    "approximate": backend in APPROXIMATE,
                 }
             )
             del runner
@@ -179,6 +193,7 @@ def bench_throughput(
         **_describe(name, input_size, batch, small_input, width, num_classes, threads),
         "repeats": repeats,
         "warmup": warmup,
+        "precisions": cpu_precisions(),
         "rows": rows,
     }
 
@@ -187,7 +202,7 @@ def _train_settings(name: str) -> tuple[str, dict[str, bool]]:
     """What ``convzoo train NAME`` does by default (on Fashion-MNIST, the default dataset,
     with its family's recipe when there is one) in the settings that change the speed of
     a step, and where that comes from."""
-    from .train.config import build_config
+    from .train import build_config
 
     cfg = build_config(name)
     source = f"{cfg.recipe} recipe" if cfg.recipe else "no recipe"
@@ -324,18 +339,24 @@ def _title(result: dict, what: str) -> str:
 
 def format_throughput(result: dict) -> str:
     """The throughput table as text."""
-    lines = [_title(result, "inference"), ""]
+    from .lowp import describe_precisions
+
+    lines = [_title(result, "inference")]
+    if result.get("precisions"):
+        lines.append(describe_precisions(result["precisions"]))
+    lines.append("")
     head = (
         f"{'backend':<22} {'images/s':>10} {'ms/batch':>10} {'speed-up':>9} {'setup s':>8}  agrees"
     )
     lines.append(head)
     for r in result["rows"]:
         speed = f"{r['speedup']:.2f}x"
-        agrees = (
-            "reference"
-            if r["backend"] == "eager"
-            else ("yes" if r["max_rel_error"] <= 1e-4 else f"NO ({r['max_rel_error']:.1e})")
-        )
+        if r["backend"] == "eager":
+            agrees = "reference"
+        elif r.get("approximate"):
+            agrees = f"approximate ({r['max_rel_error']:.1e})"
+        else:
+            agrees = "yes" if r["max_rel_error"] <= 1e-4 else f"NO ({r['max_rel_error']:.1e})"
         lines.append(
             f"{r['label']:<22} {r['images_per_second']:>10.1f} {r['latency_ms']:>10.2f} "
             f"{speed:>9} {r['setup_s']:>8.2f}  {agrees}"

@@ -9,6 +9,12 @@ Models are exported in eval mode: batch norm uses its running statistics and
 GoogLeNet's auxiliary heads (Szegedy et al. 2015), used only for the training loss,
 are left out of the graph. The ONNX file is checked against PyTorch with onnxruntime
 before it is put in place; a file that does not match is never written.
+
+``--int8`` (:func:`export_onnx_int8`) writes the model quantized to int8 by
+:func:`convzoo.lowp.quantize_onnx` (calibrated on the run's training images), after
+checking it on the run's validation split against the float32 model (the accuracy gate
+of :mod:`convzoo.lowp`), and beside it a JSON file with the calibration and the measured
+figures. It is approximate, so it is checked on accuracy, not to 1e-4.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .artifacts import (
     write_model_safetensors,
 )
 from .errors import CheckpointError, ConfigError, ConvzooError
+from .lowp import DEFAULT_MAX_DROP
 from .onnx_io import exportable, onnx_export, quiet_exporters
 from .registry import model_from_checkpoint, model_from_safetensors
 
@@ -41,6 +48,7 @@ __all__ = [
     "checkpoint_metadata",
     "export_checkpoint",
     "export_onnx",
+    "export_onnx_int8",
     "export_safetensors",
     "export_torchscript",
     "load_safetensors",
@@ -268,14 +276,104 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return parent.parent if parent.name == CHECKPOINT_DIR else parent
 
 
-def default_name(checkpoint_path: Path, fmt: str) -> str:
-    """``model-<checkpoint>.<ext>``: says which weights it holds (model-best.onnx)."""
-    return f"model-{checkpoint_path.stem}.{EXTENSIONS[fmt]}"
+def default_name(checkpoint_path: Path, fmt: str, int8: bool = False) -> str:
+    """``model-<checkpoint>.<ext>``: says which weights it holds (model-best.onnx;
+    model-best.int8.onnx for the int8 form)."""
+    return f"model-{checkpoint_path.stem}.{'int8.' if int8 else ''}{EXTENSIONS[fmt]}"
 
 
-def default_output(checkpoint_path: Path, fmt: str) -> Path:
+def default_output(checkpoint_path: Path, fmt: str, int8: bool = False) -> Path:
     """``model-<checkpoint>.<ext>`` in the run directory of ``checkpoint_path``."""
-    return run_dir_of(checkpoint_path) / default_name(checkpoint_path, fmt)
+    return run_dir_of(checkpoint_path) / default_name(checkpoint_path, fmt, int8)
+
+
+def int8_sidecar(path: Path) -> Path:
+    """The JSON file beside an int8 ONNX file: model-best.int8.onnx -> model-best.int8.json."""
+    return path.with_suffix(".json")
+
+
+def export_onnx_int8(
+    model: nn.Module,
+    ckpt: dict,
+    path,
+    *,
+    metadata: dict,
+    max_accuracy_drop: float = DEFAULT_MAX_DROP,
+    data_dir=None,
+    source: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``model`` (of the checkpoint dict ``ckpt``) to ``path`` as an int8 ONNX
+    model and its description to :func:`int8_sidecar` (``path`` with ``.json``).
+
+    Quantized by :func:`convzoo.lowp.quantize_onnx` on training images of the run,
+    then run with onnxruntime over the run's validation split beside the float32
+    model: :class:`~convzoo.lowp.AccuracyGateError` (and no file written) when it loses
+    more than ``max_accuracy_drop`` points. The JSON holds the quantization settings,
+    the calibration images, the measured figures and this CPU's int8 paths; the ONNX
+    file's metadata holds ``metadata`` and the same figures.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise ConvzooError(
+            "ONNX export needs onnx and onnxruntime: pip install 'convzoo[onnx]'"
+        ) from None
+    import tempfile
+
+    from .artifacts import to_json, write_json
+    from .lowp import (
+        calibration_batch,
+        check_gate,
+        cpu_precisions,
+        held_out,
+        measure_gate,
+        normalised_batches,
+        quantize_onnx,
+    )
+    from .onnx_io import OnnxRuntimeModel, ort_session
+
+    path = Path(path)
+    sidecar = int8_sidecar(path)
+    data = ckpt["data"]
+    held = held_out(ckpt, data_dir)
+    calibration = calibration_batch(held, data)
+    input_size = metadata["input_size"]
+    with exportable(model) as model, tempfile.TemporaryDirectory(prefix="convzoo-int8-") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        onnx_export(model, _example(input_size, 2), fp32)
+        quantized = Path(tmp) / "model.int8.onnx"
+        settings = quantize_onnx(fp32, quantized, calibration)
+        runner = OnnxRuntimeModel(ort_session(quantized, 1), 1, backend="int8")
+        val = normalised_batches(held.val_images, held.val_labels, data, "cpu", 256)
+        gate = check_gate("int8", measure_gate(model, runner, val), max_accuracy_drop)
+        del runner
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        description = {
+            "format": "convzoo-int8/1",
+            "model_file": path.name,
+            "source_checkpoint": source,
+            "model_name": metadata["model_name"],
+            "quantization": settings,
+            "calibration": {
+                "images": settings["calibration_images"],
+                "from": "the run's training split (a sample seeded by the run's seed "
+                f"{config.get('seed', 0)}), never validation or test images",
+            },
+            "accuracy_gate": gate,
+            "cpu": cpu_precisions(),
+        }
+        proto = onnx.load(str(quantized))
+        props = {
+            "producer": "convzoo",
+            **_metadata_strings(metadata),
+            "int8": to_json(description, indent=None),
+        }
+        onnx.helper.set_model_props(proto, props)
+        proto.doc_string = "convzoo int8 model: normalised (N, C, H, W) float32 in, logits out"
+        with atomic_path(path) as out:
+            onnx.save(proto, str(out))
+    write_json(sidecar, description)
+    return path, sidecar
 
 
 def _real_batch(ckpt: dict, n: int = 8) -> Tensor | None:
@@ -300,7 +398,16 @@ def _real_batch(ckpt: dict, n: int = 8) -> Tensor | None:
         return None
 
 
-def export_checkpoint(target, fmt: str, out=None, *, which: str = "best") -> Path:
+def export_checkpoint(
+    target,
+    fmt: str,
+    out=None,
+    *,
+    which: str = "best",
+    int8: bool = False,
+    max_accuracy_drop: float = DEFAULT_MAX_DROP,
+    data_dir=None,
+) -> Path:
     """Export the model of a run directory or checkpoint file; returns the written path.
 
     ``out`` defaults to ``model-<checkpoint>.onnx`` / ``.torchscript.pt`` /
@@ -308,22 +415,39 @@ def export_checkpoint(target, fmt: str, out=None, *, which: str = "best") -> Pat
     directory gets that name inside it. No file of the run (its checkpoints,
     ``config.json``, ``result.json``, ``metrics.jsonl``, ``model.safetensors``) is ever
     overwritten. The ONNX check runs on a batch of real test images when the dataset can
-    be found, else on random input.
+    be found, else on random input. ``int8`` (ONNX only): the int8 form, see
+    :func:`export_onnx_int8` (default name ``model-<checkpoint>.int8.onnx``).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise ConfigError(f"--int8 is an ONNX export; use --format onnx, not {fmt}")
     ckpt_path = Path(find_checkpoint(target, which))
-    out = Path(out) if out is not None else default_output(ckpt_path, fmt)
+    out = Path(out) if out is not None else default_output(ckpt_path, fmt, int8)
     if out.is_dir():
-        out = out / default_name(ckpt_path, fmt)
+        out = out / default_name(ckpt_path, fmt, int8)
     if out.exists() and out.resolve() == ckpt_path.resolve():
         raise ConfigError(
             f"refusing to overwrite the input checkpoint {ckpt_path}; choose another --out"
         )
     refuse_overwrite(out, [run_dir_of(ckpt_path)], "--out")
+    if int8:
+        if int8_sidecar(out).resolve() == ckpt_path.resolve():
+            raise ConfigError(f"refusing to overwrite {ckpt_path}; choose another --out")
+        refuse_overwrite(int8_sidecar(out), [run_dir_of(ckpt_path)], "--out")
     ckpt = load_checkpoint(ckpt_path)
     metadata = checkpoint_metadata(ckpt)
     model = model_from_checkpoint(ckpt).cpu()
+    if int8:
+        return export_onnx_int8(
+            model,
+            ckpt,
+            out,
+            metadata=metadata,
+            max_accuracy_drop=max_accuracy_drop,
+            data_dir=data_dir,
+            source=str(ckpt_path),
+        )[0]
     if fmt == "onnx":
         return export_onnx(
             model,

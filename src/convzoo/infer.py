@@ -1,33 +1,30 @@
-"""Fast inference: batch norm folded into the convolutions, fused oneDNN kernels,
-channels-last memory, and an onnxruntime backend.
+"""Inference backends: batch norm folded into fused oneDNN convolutions, channels-last
+memory, onnxruntime, and lower precision (bf16, int8) behind an accuracy gate.
 
 :func:`optimize` turns a trained model (in eval mode) into an inference-only copy:
 
 * ``"eager"``: the model itself, unchanged (the reference).
-* ``"fast"``: a rewritten deep copy. Every convolution that is directly followed by a
-  batch norm absorbs it (Ioffe and Szegedy 2015: in eval mode batch norm is a fixed
-  per-channel affine map, ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g /
-  sqrt(v + eps) + beta``, computed in float64); a ReLU after it, and in ResNet blocks
-  the shortcut addition and the ReLU after it, run inside the convolution kernel as
-  oneDNN post-ops, with the weights reordered once into oneDNN's blocked layout for
-  the example's shape; activations are kept channels-last (NHWC). Dropout is dropped.
-  DenseNet dense blocks write each layer's features into one preallocated tensor
-  instead of concatenating, and a transition's 1x1 convolution runs after its 2x2
-  average pool (both are linear and the convolution is pointwise, so the order does not
-  change the result, and the convolution sees a quarter of the pixels). Batch norm
-  that *precedes* a convolution with a ReLU in between (DenseNet's pre-activation
-  ``conv_block``) cannot be folded and is kept. ``compile=True`` adds ``torch.compile``
-  (inductor, with weight freezing) on top; it is off by default because compiling
-  takes tens of seconds on a small CPU and recompiles for every new batch size.
+* ``"fast"`` (the default): the rewritten deep copy of :func:`convzoo.fold.fold_model`
+  (batch norm folded into the convolutions, ReLU and ResNet's shortcut addition fused
+  as oneDNN post-ops, prepacked weights, channels-last; see :mod:`convzoo.fold`).
+  ``compile=True`` adds ``torch.compile`` (inductor, with weight freezing) on top; it is
+  off by default because compiling takes tens of seconds on a small CPU and recompiles
+  for every new batch size.
 * ``"onnxruntime"``: the model exported with :mod:`convzoo.onnx_io` (the exporter
-  ``convzoo export`` uses) and run by an onnxruntime CPU session with ``threads`` intra-op threads; called
-  with a torch tensor, it returns a torch tensor.
+  ``convzoo export`` uses) and run by an onnxruntime CPU session with ``threads``
+  intra-op threads; called with a torch tensor, it returns a torch tensor.
+* ``"bf16"`` and ``"int8"``: approximate (:mod:`convzoo.lowp`): the "fast" rewrite in
+  bfloat16, and onnxruntime static int8 quantization calibrated on ``calibration``
+  (training images).
 
-All three compute the same function: outputs agree with the eager model to 1e-4
-(relative, with an absolute floor of 1e-5 of the largest output). A model in training
-mode is refused (:class:`~convzoo.errors.ModelError`): folding uses the running
-statistics, which a model in training mode does not use, so the result would not be
-the model the caller has. The caller's model is never modified.
+The three exact backends compute the same function: outputs agree with the eager model
+to 1e-4 (relative, with an absolute floor of 1e-5 of the largest output). The
+approximate ones do not; for a trained model :func:`prepare_backend` measures them on
+the run's validation split against float32 and refuses them when they lose more than
+``max_accuracy_drop`` points, and ``"auto"`` picks the fastest backend that passed, or
+"fast" when none is faster. A model in training mode is refused
+(:class:`~convzoo.errors.ModelError`): folding uses the running statistics, which a
+model in training mode does not use. The caller's model is never modified.
 
 :func:`measure_throughput` times repeated calls after a warm-up (median latency per
 batch, images per second).
@@ -36,7 +33,6 @@ batch, images per second).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import statistics
 import tempfile
@@ -47,20 +43,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import synchronize
-from .errors import ConfigError, ConvzooError, ModelError
+from .errors import ConfigError, ModelError
+from .fold import FusedConv2d, ScaleShift, _rewrite, fold_batch_norm, fold_model, fold_report
+from .lowp import (
+    DEFAULT_MAX_DROP,
+    LOWP_BACKENDS,
+    build_bf16,
+    build_int8,
+    calibration_batch,
+    check_gate,
+    held_out,
+    normalised_batches,
+)
+from .onnx_io import OnnxRuntimeModel
 
 __all__ = [
+    "AUTO",
     "BACKENDS",
+    "DEFAULT_MAX_DROP",
     "FastModel",
     "FusedConv2d",
     "OnnxRuntimeModel",
     "ScaleShift",
     "classify_images",
     "evaluate_test_set",
+    "fold_batch_norm",
     "fold_report",
     "load_images",
     "load_trained",
@@ -68,331 +78,15 @@ __all__ = [
     "measure_throughput",
     "optimize",
     "outputs_match",
+    "prepare_backend",
 ]
 
-BACKENDS = ("eager", "fast", "onnxruntime")
+EXACT_BACKENDS = ("eager", "fast", "onnxruntime")
+BACKENDS = (*EXACT_BACKENDS, *LOWP_BACKENDS)
+AUTO = "auto"  # for a trained model: the fastest backend that passes the accuracy gate
 # |got - ref| <= RTOL * |ref| + ATOL_SCALE * max|ref|: the agreement every backend keeps.
 RTOL = 1e-4
 ATOL_SCALE = 1e-5
-
-
-# -- batch norm folding and fused convolutions ------------------------------------------
-
-
-def _foldable(bn: nn.Module, channels: int) -> bool:
-    return (
-        type(bn) is nn.BatchNorm2d
-        and bn.num_features == channels
-        and bn.running_mean is not None
-        and bn.running_var is not None
-    )
-
-
-def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
-    """Weight and bias of ``conv`` followed by ``bn`` (eval mode) as one convolution.
-
-    Computed in float64 and returned in the convolution's dtype, detached.
-    """
-    w = conv.weight.detach()
-    b = conv.bias.detach() if conv.bias is not None else None
-    if bn is None:
-        return w.clone(), None if b is None else b.clone()
-    w64 = w.double()
-    mean = bn.running_mean.detach().double()
-    var = bn.running_var.detach().double()
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    base = b.double() if b is not None else torch.zeros_like(mean)
-    return (w64 * scale.reshape(shape)).to(w.dtype), ((base - mean) * scale + beta).to(w.dtype)
-
-
-def _pair(v) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
-
-
-def _mkldnn_ops_available() -> bool:
-    return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-        and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
-    )
-
-
-class FusedConv2d(nn.Module):
-    """A convolution with its batch norm folded in, an optional ReLU, and an optional
-    residual added before the ReLU: ``relu(conv(x) + residual)``.
-
-    After :meth:`prepack` (CPU, float32, oneDNN available) the forward is a single
-    oneDNN convolution with the addition and ReLU as post-ops and the weight already in
-    oneDNN's blocked layout; otherwise it is ``F.conv2d`` followed by in-place ops.
-    """
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, relu: bool = False):
-        super().__init__()
-        weight, bias = fold_batch_norm(conv, bn)
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size = tuple(conv.kernel_size)
-        self.stride = tuple(conv.stride)
-        self.padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
-        self.dilation = tuple(conv.dilation)
-        self.groups = conv.groups
-        self.relu = relu
-        self.folded_bn = bn is not None
-        self.packed: Tensor | None = None
-
-    def extra_repr(self) -> str:
-        parts = [
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}",
-            f"stride={self.stride}",
-            f"padding={self.padding}",
-        ]
-        if self.groups != 1:
-            parts.append(f"groups={self.groups}")
-        parts.append(f"batch_norm_folded={self.folded_bn}, relu={self.relu}")
-        parts.append(f"prepacked={self.packed is not None}")
-        return ", ".join(parts)
-
-    @property
-    def is_pointwise(self) -> bool:
-        """A 1x1 convolution with stride 1 and no padding (commutes with average pooling)."""
-        return (
-            self.kernel_size == (1, 1)
-            and self.stride == (1, 1)
-            and self.padding in ((0, 0), "valid")
-            and not self.relu
-        )
-
-    def _args(self) -> tuple[list[int], list[int], list[int], int]:
-        return _pair(self.padding), _pair(self.stride), _pair(self.dilation), self.groups
-
-    def prepack(self, input_shape: torch.Size | tuple[int, ...]) -> bool:
-        """Reorder the weight for oneDNN, tuned for inputs of ``input_shape``.
-
-        Other shapes still work (oneDNN adapts), only less quickly. Returns whether the
-        fused oneDNN path is now in use (False: not applicable here).
-        """
-        w = self.weight
-        if (
-            not _mkldnn_ops_available()
-            or w.device.type != "cpu"
-            or w.dtype != torch.float32
-            or isinstance(self.padding, str)
-        ):
-            return False
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w.contiguous(), *self._args(), [int(s) for s in input_shape]
-        )
-        # The prepacked weight is an opaque oneDNN tensor, tied to this process and
-        # device: it is kept out of the state dict (the weight buffer stays there).
-        self.packed = packed
-        return True
-
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        packed = self.packed
-        if packed is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-            post = "relu" if self.relu else "none"
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, packed, self.bias, *self._args(), post, [], ""
-                )
-            # (N, C_out, H', W'): conv + bias + residual, then the unary post-op.
-            other = residual.contiguous(memory_format=torch.channels_last)
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, packed, self.bias, *self._args(), "add", 1.0, post, [], ""
-            )
-        y = F.conv2d(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
-        if residual is not None:
-            y = y.add_(residual)
-        return y.relu_() if self.relu else y
-
-
-class ScaleShift(nn.Module):
-    """A batch norm in eval mode that no convolution before it can absorb, as the
-    per-channel affine map it is (``x * scale + shift``), optionally with the ReLU
-    after it: DenseNet's pre-activation (BN before the convolution, Huang et al. 2017).
-    One pass over a strided view, where batch norm takes a slower path."""
-
-    def __init__(self, bn: nn.BatchNorm2d, relu: bool = False):
-        super().__init__()
-        mean = bn.running_mean.detach().double()
-        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
-        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
-        scale = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-        dtype = bn.running_mean.dtype
-        self.register_buffer("scale", scale.to(dtype).reshape(1, -1, 1, 1))
-        self.register_buffer("shift", (beta - mean * scale).to(dtype).reshape(1, -1, 1, 1))
-        self.relu = relu
-
-    def extra_repr(self) -> str:
-        return f"{self.scale.shape[1]}, relu={self.relu}"
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = torch.addcmul(self.shift, x, self.scale)  # (N, C, H, W), x's memory format
-        return y.relu_() if self.relu else y
-
-
-class _FastResidual(nn.Module):
-    """ResNet's ``Residual`` or ``Bottleneck`` with every conv-BN pair folded and the
-    shortcut addition and final ReLU fused into the last convolution."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
-        bns = [block.bn1, block.bn2] + ([block.bn3] if hasattr(block, "bn3") else [])
-        self.convs = nn.ModuleList(
-            FusedConv2d(c, b, relu=True) for c, b in zip(convs, bns, strict=True)
-        )
-        shortcut = block.shortcut
-        if isinstance(shortcut, nn.Identity):
-            self.shortcut: nn.Module | None = None
-        else:
-            conv, bn = shortcut[0], shortcut[1] if len(shortcut) > 1 else None
-            self.shortcut = FusedConv2d(
-                conv, bn if bn is not None and _foldable(bn, conv.out_channels) else None
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        # (N, C_in, H, W) -> (N, C_out, H / stride, W / stride)
-        out = x
-        for conv in self.convs[:-1]:
-            out = conv(out)
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        return self.convs[-1](out, residual=shortcut)
-
-
-class _FastDenseBlock(nn.Module):
-    """DenseNet's ``DenseBlock`` writing each layer's features into one preallocated
-    tensor: layer ``i`` reads the first ``c_i`` channels (a view, no copy) and its
-    ``growth_rate`` new channels are copied in after them. The result equals the
-    repeated concatenation, without copying the growing tensor at every layer."""
-
-    def __init__(self, block: nn.Module, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.out_channels = block.out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        fmt = (
-            torch.channels_last
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            else torch.contiguous_format
-        )
-        out = torch.empty(
-            (n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt
-        )
-        out[:, :c].copy_(x)
-        for layer in self.layers:
-            y = layer(out[:, :c])  # (N, growth_rate, H, W)
-            g = y.shape[1]
-            out[:, c : c + g].copy_(y)
-            c += g
-        return out  # (N, out_channels, H, W)
-
-
-def _is_plain_sequential(m: nn.Module) -> bool:
-    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
-
-
-def _commutes_with_conv(pool: nn.Module) -> bool:
-    # A k x k average pool with stride k and no padding: pointwise 1x1 convolutions
-    # commute with it exactly (both are linear; the pool averages whole pixels).
-    if type(pool) is not nn.AvgPool2d or pool.ceil_mode or pool.divisor_override is not None:
-        return False
-    k, s, p = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
-    return k == s and p == [0, 0]
-
-
-def _fuse_layers(layers: list[nn.Module]) -> list[nn.Module]:
-    """Peephole rewrite of a flat list of layers: Conv [BN] [ReLU] -> FusedConv2d,
-    BN [ReLU] (no conv before it) -> ScaleShift, pointwise conv then average pool ->
-    pool then conv, dropout removed."""
-    out: list[nn.Module] = []
-    i = 0
-    while i < len(layers):
-        m = layers[i]
-        if type(m) is nn.Conv2d and m.padding_mode == "zeros":
-            j = i + 1
-            bn = None
-            if j < len(layers) and _foldable(layers[j], m.out_channels):
-                bn = layers[j]
-                j += 1
-            relu = j < len(layers) and type(layers[j]) is nn.ReLU
-            out.append(FusedConv2d(m, bn, relu=relu))
-            i = j + int(relu)
-            continue
-        if isinstance(m, nn.Dropout | nn.Dropout2d):
-            i += 1
-            continue
-        if _foldable(m, getattr(m, "num_features", -1)):
-            relu = i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU
-            out.append(ScaleShift(m, relu=relu))
-            i += 1 + int(relu)
-            continue
-        if (
-            _commutes_with_conv(m)
-            and out
-            and isinstance(out[-1], FusedConv2d)
-            and out[-1].is_pointwise
-        ):
-            out.insert(len(out) - 1, m)
-            i += 1
-            continue
-        out.append(m)
-        i += 1
-    return out
-
-
-def _flatten(seq: nn.Sequential) -> list[nn.Module]:
-    layers: list[nn.Module] = []
-    for child in seq.children():
-        if _is_plain_sequential(child):
-            layers.extend(_flatten(child))
-        elif type(child) is nn.Conv2d or isinstance(child, nn.Dropout | nn.Dropout2d):
-            layers.append(child)  # paired with its neighbours by _fuse_layers
-        else:
-            layers.append(_rewrite(child))
-    return layers
-
-
-def _rewrite(m: nn.Module) -> nn.Module:
-    """The inference form of ``m`` (which belongs to a private copy and may be reused)."""
-    from .models.densenet import DenseBlock
-    from .models.resnet import Bottleneck, Residual
-
-    if isinstance(m, Residual | Bottleneck):
-        return _FastResidual(m)
-    if isinstance(m, DenseBlock):
-        return _FastDenseBlock(m, [_rewrite(layer) for layer in m.net])
-    if _is_plain_sequential(m):
-        return nn.Sequential(*_fuse_layers(_flatten(m)))
-    if type(m) is nn.Conv2d and m.padding_mode == "zeros":
-        return FusedConv2d(m)
-    if isinstance(m, nn.Dropout | nn.Dropout2d):
-        return nn.Identity()
-    for name, child in list(m.named_children()):
-        setattr(m, name, _rewrite(child))
-    return m
-
-
-def fold_report(model: nn.Module) -> dict[str, int]:
-    """Counts in an optimized model: fused convolutions, batch norms folded into them,
-    batch norms left (those that precede their convolution), prepacked convolutions."""
-    fused = [m for m in model.modules() if isinstance(m, FusedConv2d)]
-    return {
-        "convolutions": len(fused),
-        "batch_norms_folded": sum(m.folded_bn for m in fused),
-        "batch_norms_left": sum(
-            isinstance(m, nn.modules.batchnorm._BatchNorm | ScaleShift) for m in model.modules()
-        ),
-        "prepacked": sum(m.packed is not None for m in fused),
-    }
 
 
 class FastModel(nn.Module):
@@ -423,32 +117,16 @@ class FastModel(nn.Module):
 
 
 def _build_fast(model: nn.Module, example: Tensor, *, compile: bool | str) -> FastModel:
-    inference = _rewrite(copy.deepcopy(model)).eval()
-    for p in inference.parameters():
-        p.requires_grad_(False)
-    inference.to(memory_format=torch.channels_last)
-    x = example.contiguous(memory_format=torch.channels_last)
     if compile:
+        import copy
+
+        inference = _rewrite(copy.deepcopy(model)).eval()
+        for p in inference.parameters():
+            p.requires_grad_(False)
+        inference.to(memory_format=torch.channels_last)
+        x = example.contiguous(memory_format=torch.channels_last)
         return _compiled_fast(inference, x, mode=compile)
-    shapes: dict[FusedConv2d, torch.Size] = {}
-
-    def record(mod: nn.Module, args: tuple) -> None:
-        shapes.setdefault(mod, args[0].shape)
-
-    hooks = [
-        m.register_forward_pre_hook(record)
-        for m in inference.modules()
-        if isinstance(m, FusedConv2d)
-    ]
-    try:
-        with torch.inference_mode():
-            inference(x[:1])  # one image finds every convolution's input shape
-    finally:
-        for h in hooks:
-            h.remove()
-    for m, shape in shapes.items():
-        m.prepack((x.shape[0], *shape[1:]))
-    return FastModel(inference)
+    return FastModel(fold_model(model, example))
 
 
 def _compiled_fast(inference: nn.Module, x: Tensor, *, mode: bool | str) -> FastModel:
@@ -470,51 +148,14 @@ def _compiled_fast(inference: nn.Module, x: Tensor, *, mode: bool | str) -> Fast
 # -- onnxruntime ------------------------------------------------------------------------
 
 
-class OnnxRuntimeModel(nn.Module):
-    """An onnxruntime CPU session behind a module's interface: a float (N, C, H, W)
-    torch tensor in, logits as a torch tensor out (on the input's device)."""
-
-    def __init__(self, session: Any, threads: int):
-        super().__init__()
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        self.threads = threads
-        self.backend = "onnxruntime"
-
-    def forward(self, x: Tensor) -> Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(out).to(x.device)
-
-    def extra_repr(self) -> str:
-        return f"intra_op_num_threads={self.threads}"
-
-    def __deepcopy__(self, memo):
-        raise TypeError("an onnxruntime session cannot be copied; call optimize() again")
-
-
 def _build_onnxruntime(model: nn.Module, example: Tensor, threads: int) -> OnnxRuntimeModel:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConvzooError(
-            "the onnxruntime backend needs onnx and onnxruntime: pip install 'convzoo[onnx]'"
-        ) from None
-    from .onnx_io import exportable, onnx_export
+    from .onnx_io import exportable, onnx_export, ort_session
 
     with tempfile.TemporaryDirectory(prefix="convzoo-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
         with exportable(model) as m:
             onnx_export(m, example[:2].detach().float().cpu().contiguous(), path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        session = ort_session(path, threads)
     return OnnxRuntimeModel(session, threads)
 
 
@@ -549,6 +190,84 @@ def load_trained(
     return path, ckpt, model, device
 
 
+def _loader(images: Tensor, labels: Tensor, data: dict, device, batch_size: int):
+    return normalised_batches(images, labels, data, device, batch_size)
+
+
+def prepare_backend(
+    model: nn.Module,
+    ckpt: dict,
+    device: torch.device,
+    example: Tensor,
+    backend: str = "fast",
+    *,
+    max_accuracy_drop: float = DEFAULT_MAX_DROP,
+    data_dir=None,
+    threads: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``(runner, info)``: ``model`` (from :func:`load_trained`) in the inference form
+    ``backend`` asks for, and what was decided.
+
+    Exact backends are built as :func:`optimize` builds them. "bf16" and "int8" are
+    built (int8 calibrated on training images of the run), then measured against
+    float32 on the run's validation split (:func:`convzoo.lowp.held_out`):
+    :class:`~convzoo.lowp.AccuracyGateError` when they lose more than
+    ``max_accuracy_drop`` points. "auto" times "fast", "bf16" and "int8" on ``example``
+    and takes the fastest one that is faster than "fast" and passes the gate, else
+    "fast". ``info``: ``backend`` (the one that runs), ``requested``,
+    ``accuracy_gate`` (the measured figures; None for an exact backend) and, for
+    "auto", ``timings`` (images/s on ``example``) and ``refused`` (gate failures).
+    """
+    from .lowp import AccuracyGateError
+
+    if backend not in (*BACKENDS, AUTO):
+        raise ConfigError(
+            f"unknown backend {backend!r}; expected one of {', '.join((*BACKENDS, AUTO))}"
+        )
+    check_gate("check", {"drop_points": 0.0}, max_accuracy_drop)  # the threshold itself
+    info: dict[str, Any] = {"backend": backend, "requested": backend, "accuracy_gate": None}
+    if backend in EXACT_BACKENDS:
+        return optimize(model, example, backend, threads=threads), info
+    data = ckpt["data"]
+    held = held_out(ckpt, data_dir)
+    calibration = calibration_batch(held, data)
+    val = _loader(held.val_images, held.val_labels, data, device, 256)
+
+    def gated(name: str, runner: nn.Module) -> dict[str, Any]:
+        from .lowp import measure_gate
+
+        return check_gate(name, measure_gate(model, runner, val), max_accuracy_drop)
+
+    def build(name: str) -> nn.Module:
+        return optimize(model, example, name, threads=threads, calibration=calibration)
+
+    if backend != AUTO:
+        runner = build(backend)
+        info["accuracy_gate"] = gated(backend, runner)
+        return runner, info
+    fast = optimize(model, example, "fast", threads=threads)
+    timings = {"fast": measure_throughput(fast, example, repeats=3, warmup=1)}
+    runners: dict[str, nn.Module] = {"fast": fast}
+    for name in LOWP_BACKENDS:
+        runners[name] = build(name)
+        timings[name] = measure_throughput(runners[name], example, repeats=3, warmup=1)
+    speed = {k: t["images_per_second"] for k, t in timings.items()}
+    info["timings"] = speed
+    info["refused"] = {}
+    for name in sorted(LOWP_BACKENDS, key=lambda k: -speed[k]):
+        if speed[name] <= speed["fast"]:
+            break  # slower than exact "fast": never chosen
+        try:
+            info["accuracy_gate"] = gated(name, runners[name])
+        except AccuracyGateError as exc:
+            info["refused"][name] = str(exc)
+            continue
+        info["backend"] = name
+        return runners[name], info
+    info["backend"] = "fast"
+    return fast, info
+
+
 def evaluate_test_set(
     model: nn.Module,
     ckpt: dict,
@@ -558,24 +277,23 @@ def evaluate_test_set(
     tta: bool = False,
     data_dir=None,
     batch_size: int = 512,
+    max_accuracy_drop: float = DEFAULT_MAX_DROP,
+    info: dict | None = None,
 ):
     """The :class:`~convzoo.evaluate.EvalResult` of ``model`` (from :func:`load_trained`)
-    on the test set of the data it was trained on, run through ``backend``."""
-    from .data.loader import Loader
+    on the test set of the data it was trained on, run through ``backend`` (prepared by
+    :func:`prepare_backend`, whose ``info`` is copied into ``info`` when given)."""
     from .evaluate import evaluate, load_training_data
 
     data = ckpt["data"]
     ds = load_training_data(data, data_dir)
-    loader = Loader(
-        ds.test_images,
-        ds.test_labels,
-        batch_size=batch_size,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
-    )
-    runner = optimize(model, next(iter(loader))[0], backend)
+    loader = _loader(ds.test_images, ds.test_labels, data, device, batch_size)
+    runner, decided = prepare_backend(
+        model, ckpt, device, next(iter(loader))[0], backend,
+        max_accuracy_drop=max_accuracy_drop, data_dir=data_dir,
+    )  # fmt: skip
+    if info is not None:
+        info.update(decided)
     return evaluate(runner, loader, len(data["classes"]), tta=tta)
 
 
@@ -604,25 +322,25 @@ def classify_images(
     backend: str = "fast",
     tta: bool = False,
     topk: int = 3,
+    data_dir=None,
+    max_accuracy_drop: float = DEFAULT_MAX_DROP,
+    info: dict | None = None,
 ) -> list[dict[str, Any]]:
     """The ``topk`` classes of each image file: ``{"image", "top": [{"class", "index",
-    "probability"}, ...]}`` per file, in order."""
-    from .data.loader import Loader
+    "probability"}, ...]}`` per file, in order. ``backend`` is prepared by
+    :func:`prepare_backend` (bf16, int8 and auto need the run's dataset, for the gate)."""
     from .evaluate import predict_logits
 
     data = ckpt["data"]
     classes = [str(c) for c in data["classes"]]
     images = load_images(paths, data)
-    loader = Loader(
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        batch_size=256,
-        mean=data["mean"],
-        std=data["std"],
-        device=device,
-        resize=data.get("resize"),
-    )
-    runner = optimize(model, next(iter(loader))[0], backend)
+    loader = _loader(images, torch.zeros(len(images), dtype=torch.long), data, device, 256)
+    runner, decided = prepare_backend(
+        model, ckpt, device, next(iter(loader))[0], backend,
+        max_accuracy_drop=max_accuracy_drop, data_dir=data_dir,
+    )  # fmt: skip
+    if info is not None:
+        info.update(decided)
     logits, _ = predict_logits(runner, loader, tta=tta)
     probs, indices = logits.softmax(dim=1).topk(min(topk, len(classes)), dim=1)
     return [
@@ -647,6 +365,7 @@ def optimize(
     *,
     threads: int | None = None,
     compile: bool | str = False,
+    calibration: Tensor | None = None,
 ) -> nn.Module:
     """An inference form of ``model`` (see the module docstring for each backend).
 
@@ -656,10 +375,13 @@ def optimize(
         example_input: a float batch (N, C, H, W) like the ones the result will see; it
             sets the shapes the "fast" weights are laid out for and the ONNX graph's
             input. Other batch sizes work with every backend.
-        backend: "fast" (default), "onnxruntime" or "eager".
+        backend: "fast" (default), "onnxruntime", "eager", "bf16" or "int8" (the last two
+            approximate: check them with :func:`convzoo.lowp.measure_gate`).
         threads: onnxruntime's intra-op threads (default: ``torch.get_num_threads()``).
         compile: "fast" only: ``True`` adds ``torch.compile`` (slow to compile), ``"auto"``
             compiles and keeps it only if measurably faster on ``example_input``.
+        calibration: "int8" only, required: normalised training images (N, C, H, W)
+            whose activation ranges set the quantization (never test images).
 
     Returns a module (the model itself for "eager"); ``model`` is not modified.
     Raises ModelError for a model in training mode, ConfigError for an unknown backend.
@@ -689,6 +411,15 @@ def optimize(
     example = example.to(device)
     if backend == "onnxruntime":
         return _build_onnxruntime(model, example, threads or torch.get_num_threads())
+    if backend == "bf16":
+        return build_bf16(model, example)
+    if backend == "int8":
+        if calibration is None:
+            raise ConfigError(
+                "the int8 backend needs calibration images: pass calibration= a batch of "
+                "normalised training images"
+            )
+        return build_int8(model, example, calibration, threads or torch.get_num_threads())
     return _build_fast(model, example, compile=compile)
 
 

@@ -1,5 +1,6 @@
-"""ONNX export of a model, shared by :mod:`convzoo.export` (files) and
-:mod:`convzoo.infer` (the onnxruntime backend), which do not import each other.
+"""ONNX export of a model and onnxruntime sessions, shared by :mod:`convzoo.export`
+(files), :mod:`convzoo.lowp` (the int8 backend) and :mod:`convzoo.infer` (the
+onnxruntime backend).
 
 Models are exported in eval mode on the CPU: batch norm uses its running statistics
 and GoogLeNet's auxiliary heads (Szegedy et al. 2015), used only for the training
@@ -13,10 +14,12 @@ import copy
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .errors import ConvzooError
 from .evaluate import eval_mode
 
 INPUT_NAME = "input"
@@ -78,3 +81,44 @@ def onnx_export(model: nn.Module, example: Tensor, path: str | Path) -> None:
             raise RuntimeError(
                 f"ONNX export failed with both exporters: {first_error}; then: {exc}"
             ) from exc
+
+
+def ort_session(path: str | Path, threads: int) -> Any:
+    """An onnxruntime CPU session of the ONNX file ``path`` with ``threads`` intra-op
+    threads, every graph optimisation on, run sequentially, warnings silenced."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConvzooError(
+            "this backend needs onnx and onnxruntime: pip install 'convzoo[onnx]'"
+        ) from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An onnxruntime CPU session behind a module's interface: a float (N, C, H, W)
+    torch tensor in, logits as a torch tensor out (on the input's device)."""
+
+    def __init__(self, session: Any, threads: int, backend: str = "onnxruntime"):
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.threads = threads
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"intra_op_num_threads={self.threads}"
+
+    def __deepcopy__(self, memo):
+        raise TypeError("an onnxruntime session cannot be copied; call optimize() again")

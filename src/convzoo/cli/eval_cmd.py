@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import positive_int
+from .common import non_negative_float, positive_int
 
 CHECKPOINT_NAMES = ("best", "last")
-BACKENDS = ("fast", "onnxruntime", "eager")
+BACKENDS = ("fast", "onnxruntime", "eager", "bf16", "int8", "auto")
+DEFAULT_MAX_DROP = 0.2  # convzoo.lowp.DEFAULT_MAX_DROP (not imported: keeps --help quick)
 
 
 def add_model_arguments(p) -> None:
@@ -41,7 +42,18 @@ def add_model_arguments(p) -> None:
         choices=BACKENDS,
         default="fast",
         help="inference backend: fast (batch norm folded, fused kernels; default), "
-        "onnxruntime, or eager (the model as trained); all give the same results to 1e-4",
+        "onnxruntime, or eager (the model as trained), which give the same results to "
+        "1e-4; bf16 or int8 (approximate: first checked against float32 on the run's "
+        "validation images, refused when they lose more than --max-accuracy-drop); auto "
+        "(the fastest backend on this machine that passes that check, else fast)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=non_negative_float,
+        default=DEFAULT_MAX_DROP,
+        metavar="POINTS",
+        help="bf16, int8 and auto: the most validation accuracy, in percentage points, an "
+        f"approximate backend may lose against float32 (default: {DEFAULT_MAX_DROP:g})",
     )
 
 
@@ -96,6 +108,16 @@ def _pct(x: float) -> str:
     return "   n/a" if math.isnan(x) else f"{x * 100:6.2f}%"
 
 
+def format_gate(gate: dict) -> str:
+    """The accuracy check of an approximate backend, one line."""
+    return (
+        f"checked     {gate['backend']} against float32 on {gate['images']:,} validation "
+        f"images: top-1 agreement {gate['agreement'] * 100:.2f}%, accuracy "
+        f"{gate['reference_accuracy'] * 100:.2f}% -> {gate['accuracy'] * 100:.2f}% "
+        f"(drop {gate['drop_points']:.2f} points, allowed {gate['max_drop_points']:g})"
+    )
+
+
 def format_report(result, classes: list[str]) -> str:
     """Per-class accuracy and the confusion matrix as text."""
     width = max(len(c) for c in classes)
@@ -121,6 +143,7 @@ def run(args) -> int:
     data = ckpt["data"]
     classes = [str(c) for c in data["classes"]]
     tta = resolve_tta(args, ckpt)
+    info: dict = {}
     result = evaluate_test_set(
         model,
         ckpt,
@@ -129,7 +152,10 @@ def run(args) -> int:
         tta=tta,
         data_dir=args.data_dir,
         batch_size=args.batch_size,
+        max_accuracy_drop=args.max_accuracy_drop,
+        info=info,
     )
+    gate = info.get("accuracy_gate")
     if args.json:
         out = {
             "checkpoint": str(path),
@@ -137,16 +163,28 @@ def run(args) -> int:
             "dataset": str(data["dataset"]),
             "epoch": ckpt.get("epoch"),
             "tta": tta,
-            "backend": args.backend,
+            "backend": info["backend"],
+            "requested_backend": args.backend,
+            "accuracy_gate": gate,
+            **(
+                {"auto": {"images_per_second": info["timings"], "refused": info["refused"]}}
+                if "timings" in info
+                else {}
+            ),
             "classes": classes,
             **result.to_dict(),
         }
         print(to_json(out, indent=None))
         return 0
+    chosen = info["backend"] + (" chosen by auto" if args.backend == "auto" else "")
     print(
         f"checkpoint  {path}  ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}, "
-        f"{args.backend} backend)"
+        f"{chosen} backend)"
     )
+    if gate:
+        print(format_gate(gate))
+    for name, why in info.get("refused", {}).items():
+        print(f"not used    {name}: {why.split(', more than')[0]}")
     print(
         f"test set    {data['dataset']}, {result.num_samples:,} images"
         + ("  (TTA: image + horizontal flip)" if tta else "")

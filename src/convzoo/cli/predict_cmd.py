@@ -18,6 +18,13 @@ def register(sub) -> None:
         help="how many classes to show per image (default: 3)",
     )
     add_tta_argument(p)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="bf16, int8 and auto: where the run's dataset is, for the accuracy check "
+        "(default: where training found it)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     p.set_defaults(run=run)
 
@@ -25,10 +32,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..artifacts import to_json
     from ..infer import classify_images
-    from .eval_cmd import load_trained, resolve_tta
+    from .eval_cmd import format_gate, load_trained, resolve_tta
 
     path, ckpt, model, device = load_trained(args)
     classes = [str(c) for c in ckpt["data"]["classes"]]
+    info: dict = {}
     predictions = classify_images(
         model,
         ckpt,
@@ -37,16 +45,23 @@ def run(args) -> int:
         backend=args.backend,
         tta=resolve_tta(args, ckpt),
         topk=args.topk,
+        data_dir=args.data_dir,
+        max_accuracy_drop=args.max_accuracy_drop,
+        info=info,
     )
     if args.json:
         out = {
             "checkpoint": str(path),
             "model": ckpt.get("model_name"),
-            "backend": args.backend,
+            "backend": info["backend"],
+            "requested_backend": args.backend,
+            "accuracy_gate": info.get("accuracy_gate"),
             "predictions": predictions,
         }
         print(to_json(out, indent=None))
         return 0
+    if info.get("accuracy_gate"):
+        print(format_gate(info["accuracy_gate"]))
     width = max(len(c) for c in classes)
     for pred in predictions:
         print(pred["image"])
