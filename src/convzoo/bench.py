@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .device import available_cores
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
 
 BACKEND_CHOICES = ("eager", "fast", "onnxruntime", "bf16", "int8", "all")
 ALL_BACKENDS = ("eager", "fast", "onnxruntime", "bf16", "int8")
@@ -67,14 +67,23 @@ def _build(name: str, *, input_size, small_input: bool, width: float, num_classe
     return model
 
 
-def _check_size(model, input_size, small_input: bool) -> None:
-    need = getattr(model, "min_input_size", 1)
-    if min(input_size[1:]) < need:
-        hint = "" if small_input else " or use --small-input"
-        raise ModelError(
-            f"{model.name} needs inputs of at least {need}x{need} px in this form, got "
-            f"{input_size[1]}x{input_size[2]}; use a larger --input{hint}"
-        )
+def _check_fits(name, *, input_size, batch, small_input, width, num_classes, training) -> None:
+    """:class:`ConfigError` before anything is built when a batch would not fit in the
+    memory available (:func:`convzoo.anatomy.check_memory`; the backends compared keep a
+    few copies of the weights, which the estimate's margin covers)."""
+    from .anatomy import check_memory
+
+    options = {"num_classes": num_classes, "in_channels": input_size[0],
+               "small_input": small_input, "width": width}  # fmt: skip
+    what = "bench train" if training else "bench throughput"
+    check_memory(name, options, tuple(input_size), batch, training=training, what=what,
+                 fix="lower --batch, --width or --input")  # fmt: skip
+
+
+def _check_size(model, input_size) -> None:
+    from .models import check_input_size
+
+    check_input_size(model, input_size, flag="--input")
 
 
 def check_options(
@@ -145,10 +154,12 @@ def bench_throughput(
         threads=threads, repeats=repeats, warmup=warmup,
     )  # fmt: skip
     threads = threads or available_cores()
+    _check_fits(name, input_size=input_size, batch=batch, small_input=small_input,
+                width=width, num_classes=num_classes, training=False)  # fmt: skip
     model = _build(
         name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
     ).eval()
-    _check_size(model, input_size, small_input)
+    _check_size(model, input_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
     calibration = torch.randn(128, *input_size, generator=gen)
@@ -292,10 +303,12 @@ def bench_train(
         threads=threads, repeats=repeats, warmup=warmup,
     )  # fmt: skip
     threads = threads or available_cores()
+    _check_fits(name, input_size=input_size, batch=batch, small_input=small_input,
+                width=width, num_classes=num_classes, training=True)  # fmt: skip
     base = _build(
         name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
     ).train()
-    _check_size(base, input_size, small_input)
+    _check_size(base, input_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
     y = torch.randint(0, num_classes, (batch,), generator=gen)
