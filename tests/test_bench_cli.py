@@ -87,7 +87,7 @@ def test_train_step_throughput(capsys):
     ("argv", "match"),
     [
         (["bench", "throughput", "resnet81", "--small-input"], "unknown model 'resnet81'"),
-        (["bench", "throughput", "alexnet", "--input", "3x28x28"], "use --small-input"),
+        (["bench", "throughput", "alexnet", "--input", "3x28x28"], "--small-input"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
