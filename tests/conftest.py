@@ -167,3 +167,20 @@ def real_fashion_mnist() -> Path:
     if not all((REAL_FASHION_MNIST / f"{n}.gz").is_file() for n in IDX_NAMES.values()):
         pytest.skip(f"the real Fashion-MNIST is not in {REAL_FASHION_MNIST}")
     return REAL_FASHION_MNIST
+
+
+# The largest families: a test that runs every model keeps these in the slow lane.
+HEAVY_MODELS = (
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "resnet101",
+    "resnet152",
+    "vgg19",
+)
+
+
+def by_weight(names):
+    """``names`` as pytest parameters, the heavy models (:data:`HEAVY_MODELS`) marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_MODELS else n for n in names]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import by_weight
 from torch import nn
 
 from convzoo import get_model, list_models, summary
@@ -50,14 +51,14 @@ def kinds(s: Summary, kind: str) -> list[Row]:
     return [r for r in s.rows if r.kind == kind]
 
 
-@pytest.mark.parametrize("name", sorted(MACS))
+@pytest.mark.parametrize("name", by_weight(sorted(MACS)))
 def test_total_macs_at_224(name):
     s = summary(meta_model(name), (3, 224, 224))
     assert s.total_macs == pytest.approx(MACS[name], rel=0.02)
     assert s.model == name
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", by_weight(list_models()))
 @pytest.mark.parametrize("small", [False, True], ids=["faithful", "small"])
 def test_rows_sum_to_totals(name, small):
     size = (1, 28, 28) if small else (3, 224, 224)

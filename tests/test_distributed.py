@@ -57,6 +57,9 @@ COMMON = dict(
     save_every_steps=4,
 )
 
+# Every test here starts processes that join a process group: the slow lane.
+pytestmark = pytest.mark.slow
+
 
 def cli_args(data_dir, **extra) -> list[str]:
     """The command-line form of COMMON (plus ``extra`` options)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import HEAVY_MODELS, by_weight
 from torch import nn
 
 from convzoo import get_model, list_models, summary
@@ -125,7 +126,7 @@ def test_width_scales_channels_and_dense_layers():
 # ---------------------------------------------------------------------------- forwards
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", by_weight(ALL))
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["1x28x28", "3x32x32"])
 def test_small_input_forward_backward(name, shape):
     torch.manual_seed(0)
@@ -143,7 +144,7 @@ def test_small_input_forward_backward(name, shape):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", by_weight(ALL))
 def test_faithful_forward_224(name):
     torch.manual_seed(0)
     width = 1.0 if name in FULL_WIDTH_224 else 0.25
@@ -155,7 +156,7 @@ def test_faithful_forward_224(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", by_weight(ALL))
 def test_faithful_full_width_larger_inputs(name):
     # Full width on the meta device: shapes only, no arithmetic.
     model = meta_model(name).eval()
@@ -165,7 +166,12 @@ def test_faithful_full_width_larger_inputs(name):
 
 
 def _forms():
-    return [(n, s) for n in ALL for s in (False, True)]
+    heavy = pytest.mark.slow
+    return [
+        pytest.param(n, s, marks=heavy) if n in HEAVY_MODELS else (n, s)
+        for n in ALL
+        for s in (False, True)
+    ]
 
 
 @pytest.mark.parametrize(("name", "small"), _forms())
@@ -539,6 +545,7 @@ def test_googlenet_without_one_inception_branch(drop):
         get_model("googlenet", branches=(5,))
 
 
+@pytest.mark.slow
 def test_densenet_chain_keeps_the_widths():
     dense = meta_model("densenet121")
     chain = meta_model("densenet121", connect="chain")

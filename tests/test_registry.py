@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import by_weight
 
 from convzoo import get_model, list_models, register_model, registry
 from convzoo.cli import main
@@ -38,7 +39,7 @@ def test_registered_names():
     assert list_models("nothing*") == []
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", by_weight(NAMES))
 def test_models_carry_name_and_form(name):
     with torch.device("meta"):
         model = get_model(name, small_input=True, num_classes=10, in_channels=1)

@@ -36,6 +36,7 @@ def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
+@pytest.mark.slow
 def test_file_size_limit_keeps_the_previous_checkpoint(tmp_path, tally):
     path = tmp_path / "checkpoints" / "last.pt"
     code = f"""

@@ -97,6 +97,7 @@ def test_truncated(tmp_path, tally, valid, cut):
         st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8
     )
 )
+@pytest.mark.slow
 def test_damaged_bytes(tmp_path, tally, valid, edits):
     """Bytes changed anywhere (zip headers, the pickle, tensor data): loads or refuses."""
     data = bytearray(valid)
@@ -127,6 +128,7 @@ def _replace_member(archive: bytes, suffix: str, content: bytes) -> bytes:
     ),
     cut=st.floats(0, 1),
 )
+@pytest.mark.slow
 def test_damaged_pickle_with_good_zip(tmp_path, tally, valid, edits, cut):
     """The pickle inside an intact zip (right CRCs) is damaged: the unpickler itself is
     fuzzed, not only the zip reader."""
@@ -157,6 +159,7 @@ PLAIN = st.recursive(
 
 @FUZZ
 @given(extra=st.dictionaries(st.text(max_size=10), PLAIN, max_size=5))
+@pytest.mark.slow
 def test_round_trip_of_plain_values(tmp_path, extra):
     """What save_checkpoint writes, load_checkpoint returns: any plain values, exactly."""
     state = {**extra, "format": FORMAT, "t": torch.arange(6.0).reshape(2, 3)}
@@ -169,6 +172,7 @@ def test_round_trip_of_plain_values(tmp_path, extra):
 
 @FUZZ
 @given(cut=st.floats(0, 1, exclude_max=True), legacy=st.booleans())
+@pytest.mark.slow
 def test_raw_pickles_and_legacy_files(tmp_path, tally, cut, legacy):
     """torch's old (non-zip) format and a bare pickle, whole or cut short."""
     buf = io.BytesIO()
@@ -276,6 +280,7 @@ def test_crafted_zero_stride_view_costs_nothing_and_fits_no_model(tmp_path, tall
     extra=st.dictionaries(st.sampled_from(["aux_logits", "depth", "growth_rate", "bogus"]),
                           st.one_of(st.booleans(), st.integers(-5, 10**9)), max_size=2),
 )  # fmt: skip
+@pytest.mark.slow
 def test_model_options_from_a_file(tally, name, num_classes, width, in_channels, extra):
     """Whatever model name and options a checkpoint carries, the model is rebuilt only
     when its weights fit; absurd sizes are refused before any memory is spent."""

@@ -156,6 +156,7 @@ def test_trailing_bytes_are_refused(tmp_path, tally, array, trailing, compress):
     tally.input("idx trailing bytes")
 
 
+@pytest.mark.slow
 def test_huge_declarations_refused_under_a_memory_limit(tmp_path, tally):
     """10^12 elements (raw and gzipped), and 3 GB promised by a 3 MB gzip file, are
     refused with DataError by a process that cannot allocate more than 1 GiB more."""
