@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = {
@@ -184,3 +185,12 @@ HEAVY_MODELS = (
 def by_weight(names):
     """``names`` as pytest parameters, the heavy models (:data:`HEAVY_MODELS`) marked slow."""
     return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_MODELS else n for n in names]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (the tests of tiny models use it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,14 +21,8 @@ from convzoo.anatomy import (
 from convzoo.errors import ConfigError
 from convzoo.units import human
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: these models are tiny, and the machine may be shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Multiply-adds at 3x224x224 (convolutions and dense layers, one image).

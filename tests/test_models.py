@@ -17,14 +17,8 @@ from convzoo.models.nin import mlpconv
 from convzoo.models.resnet import Bottleneck, Residual
 from convzoo.models.vgg import vgg_block, vgg_stack
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: these models are tiny, and the machine may be shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL = list_models()

@@ -12,14 +12,8 @@ from convzoo import get_model, list_models, register_model, registry
 from convzoo.cli import main
 from convzoo.errors import ModelError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: these models are tiny, and the machine may be shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NAMES = [

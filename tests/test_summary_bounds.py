@@ -8,7 +8,6 @@ import io
 import resource
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,12 +19,8 @@ MODELS = ["resnet18", "alexnet", "googlenet", "nin", "vgg11", "densenet121"]
 RSS_GROWTH_LIMIT = 512 * 2**20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: these models are tiny, and the machine may be shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _big(top: int):

@@ -80,10 +80,21 @@ def _check_fits(name, *, input_size, batch, small_input, width, num_classes, tra
                  fix="lower --batch, --width or --input")  # fmt: skip
 
 
-def _check_size(model, input_size) -> None:
+def _prepare(name, *, input_size, batch, small_input, width, num_classes, threads, repeats,
+             warmup, training):  # fmt: skip
+    """(model in train or eval mode, threads): the options checked, the memory a batch
+    needs checked before anything is built, the input size checked against the model."""
     from .models import check_input_size
 
+    check_options(input_size=input_size, batch=batch, width=width, num_classes=num_classes,
+                  threads=threads, repeats=repeats, warmup=warmup)  # fmt: skip
+    _check_fits(name, input_size=input_size, batch=batch, small_input=small_input, width=width,
+                num_classes=num_classes, training=training)  # fmt: skip
+    model = _build(
+        name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
+    ).train(training)
     check_input_size(model, input_size, flag="--input")
+    return model, threads or available_cores()
 
 
 def check_options(
@@ -149,17 +160,10 @@ def bench_throughput(
     from . import infer
     from .lowp import cpu_precisions
 
-    check_options(
-        input_size=input_size, batch=batch, width=width, num_classes=num_classes,
-        threads=threads, repeats=repeats, warmup=warmup,
+    model, threads = _prepare(
+        name, input_size=input_size, batch=batch, small_input=small_input, width=width,
+        num_classes=num_classes, threads=threads, repeats=repeats, warmup=warmup, training=False,
     )  # fmt: skip
-    threads = threads or available_cores()
-    _check_fits(name, input_size=input_size, batch=batch, small_input=small_input,
-                width=width, num_classes=num_classes, training=False)  # fmt: skip
-    model = _build(
-        name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
-    ).eval()
-    _check_size(model, input_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
     calibration = torch.randn(128, *input_size, generator=gen)
@@ -298,17 +302,10 @@ def bench_train(
     """
     import torch
 
-    check_options(
-        input_size=input_size, batch=batch, width=width, num_classes=num_classes,
-        threads=threads, repeats=repeats, warmup=warmup,
+    base, threads = _prepare(
+        name, input_size=input_size, batch=batch, small_input=small_input, width=width,
+        num_classes=num_classes, threads=threads, repeats=repeats, warmup=warmup, training=True,
     )  # fmt: skip
-    threads = threads or available_cores()
-    _check_fits(name, input_size=input_size, batch=batch, small_input=small_input,
-                width=width, num_classes=num_classes, training=True)  # fmt: skip
-    base = _build(
-        name, input_size=input_size, small_input=small_input, width=width, num_classes=num_classes
-    ).train()
-    _check_size(base, input_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
     y = torch.randint(0, num_classes, (batch,), generator=gen)
