@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .figures import colorize
+from .layers import run_hooked
 
 __all__ = ["first_conv", "filter_tiles"]
 
@@ -28,15 +29,7 @@ def first_conv(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
         for m in model.modules()
         if isinstance(m, nn.modules.conv._ConvNd)
     ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_hooked(model, x, handles)
     if not first:
         raise ConfigError(f"{getattr(model, 'name', 'the model')} has no convolution")
     return names[id(first[0])], first[0]

@@ -49,15 +49,7 @@ def spatial_blocks(model: nn.Module, x: torch.Tensor) -> list[Block]:
 
     for _, mod in blocks(model):
         handles.append(mod.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_hooked(model, x, handles)
     return seen
 
 
@@ -112,15 +104,7 @@ def require_maps(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor
         if isinstance(out, torch.Tensor):
             shapes.append(tuple(out.shape[1:]))
 
-    handle = module.register_forward_hook(hook)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-        model.train(was_training)
+    run_hooked(model, x, [module.register_forward_hook(hook)])
     if not shapes or len(shapes[-1]) != 3:
         what = "does not run" if not shapes else f"outputs {'x'.join(map(str, shapes[-1]))}"
         raise ConfigError(
@@ -131,3 +115,17 @@ def require_maps(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor
 
 def _model_name(model: nn.Module) -> str:
     return str(getattr(model, "name", type(model).__name__))
+
+
+def run_hooked(model: nn.Module, x: torch.Tensor, handles: list) -> None:
+    """One forward of ``x`` in evaluation mode without gradients, for the forward hooks
+    behind ``handles``; the hooks are removed and the model's mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
