@@ -28,7 +28,13 @@ from ..artifacts import (
 )
 from ..device import available_cores, busy_machine_warning, resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
-from .config import TrainConfig, merge_resume, resume_overrides
+from .config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_ONECYCLE_WARMUP,
+    TrainConfig,
+    merge_resume,
+    resume_overrides,
+)
 from .distributed import (
     Processes,
     SetupFailed,
@@ -38,7 +44,9 @@ from .distributed import (
     rank_seed,
     shard_bounds,
 )
+from .probes import budget_probe
 from .rng import seed_everything
+from .schedule import Schedule, as_fraction
 
 SMALL_INPUT_BELOW = 64  # images under this many pixels get the small-input form
 DEFAULT_VAL_SIZE = 5000
@@ -473,3 +481,35 @@ def build_loaders(
     if data.num_val:
         loaders.val = loaders.eval_loader(data.val_x, data.val_y, procs)
     return loaders
+
+
+# -- the plan ----------------------------------------------------------------------------
+
+
+def plan_steps(trainer) -> tuple[Schedule, int]:
+    """(learning-rate schedule, total steps) of a run: the checkpoint's plan when it
+    resumes, else what the time budget measures fits in it, else ``epochs`` x the
+    batches of an epoch; warm-up and milestones in epochs become fractions of the run."""
+    cfg, spe, budget = trainer.cfg, trainer.steps_per_epoch, trainer.budget
+    if trainer.ckpt is not None:
+        total = int(trainer.ckpt["planned_steps"])
+        if budget is not None:
+            budget.load_state_dict(trainer.ckpt.get("budget_plan"))
+    elif budget is not None:
+        total = budget.measure_and_plan(
+            budget_probe(trainer),
+            steps_per_epoch=spe,
+            val_images=trainer.data.num_val,
+            test_images=trainer.num_test,
+        )
+        trainer.model.train()
+    else:
+        if cfg.epochs is None:
+            cfg.epochs = DEFAULT_EPOCHS
+        total = cfg.epochs * spe
+    nominal_epochs = cfg.epochs if cfg.epochs is not None else total / spe
+    if cfg.warmup is None:
+        cfg.warmup = DEFAULT_ONECYCLE_WARMUP if cfg.schedule == "onecycle" else 0.0
+    warm = as_fraction(cfg.warmup, nominal_epochs, "warm-up")
+    milestones = [as_fraction(m, nominal_epochs, "milestone") for m in cfg.milestones]
+    return Schedule(cfg.schedule, total, warm, milestones, cfg.gamma), total

@@ -48,10 +48,8 @@ from .distributed import Processes, global_batch_size, session
 from .ema import EMA
 from .optim import build_optimizer, training_loss
 from .outputs import TrainResult
-from .probes import budget_probe
 from .progress import Progress
 from .rng import seed_everything
-from .schedule import Schedule, as_fraction
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
 
@@ -172,7 +170,7 @@ class Trainer:
         self.callbacks += [self.budget] if self.budget is not None else []
         if procs.enabled:
             self.callbacks.append(cb.RankAgreement(AGREE_EVERY.get(self.device.type, 5)))
-        self._plan()
+        self.schedule, self.total_steps = setup.plan_steps(self)
         sums_state = None
         if self.ckpt is not None:
             sums_state = restore_run_state(self, self.ckpt)
@@ -231,30 +229,6 @@ class Trainer:
         self.run_dir, lock = setup.open_run_dir(self.cfg, self.data, new=self.ckpt is None)
         self.lock = self.lock or lock
 
-    def _plan(self) -> None:
-        """Total steps, and the schedule scaled to them."""
-        cfg, spe = self.cfg, self.steps_per_epoch
-        if self.ckpt is not None:
-            total = int(self.ckpt["planned_steps"])
-            if self.budget is not None:
-                self.budget.load_state_dict(self.ckpt.get("budget_plan"))
-        elif self.budget is not None:
-            total = self.budget.measure_and_plan(budget_probe(self), steps_per_epoch=spe,
-                                                 val_images=self.data.num_val,
-                                                 test_images=self.num_test)  # fmt: skip
-            self.model.train()
-        else:
-            if cfg.epochs is None:
-                cfg.epochs = C.DEFAULT_EPOCHS
-            total = cfg.epochs * spe
-        nominal_epochs = cfg.epochs if cfg.epochs is not None else total / spe
-        if cfg.warmup is None:
-            cfg.warmup = C.DEFAULT_ONECYCLE_WARMUP if cfg.schedule == "onecycle" else 0.0
-        warm = as_fraction(cfg.warmup, nominal_epochs, "warm-up")
-        milestones = [as_fraction(m, nominal_epochs, "milestone") for m in cfg.milestones]
-        self.schedule = Schedule(cfg.schedule, total, warm, milestones, cfg.gamma)
-        self.total_steps = total
-
     # ------------------------------------------------------------------ the loop
 
     def train_step(self, x, y, lr: float, global_n: int | None = None, *, optimizer=None, ema=None):
@@ -271,7 +245,11 @@ class Trainer:
         for g in optimizer.param_groups:
             g["lr"] = lr
         amp = self.autocast_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype) if amp else _no_amp():
+        with (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if amp
+            else contextlib.nullcontext()
+        ):
             out = self.forward_model(x)
             loss = training_loss(out, y, self.cfg.label_smoothing)
         objective = loss
@@ -425,10 +403,6 @@ class Trainer:
         self.total_steps = total
         self.schedule.total_steps = max(total, 1)
         self.progress.epochs = self.planned_epochs
-
-
-def _no_amp():
-    return contextlib.nullcontext()
 
 
 def _warn(line: str) -> None:
