@@ -101,3 +101,13 @@ def process_start() -> float:
 def command_line(argv: list[str]) -> str:
     """``convzoo ARGV...`` as a shell would read it back."""
     return shlex.join(["convzoo", *argv])
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` for the commands that run a trained model."""
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (default: auto = cuda when available)",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import non_negative_float, positive_int
+from .common import add_device_argument, non_negative_float, positive_int
 
 CHECKPOINT_NAMES = ("best", "last")
 BACKENDS = ("fast", "onnxruntime", "eager", "bf16", "int8", "auto")
@@ -31,12 +31,7 @@ def add_model_arguments(p) -> None:
         help="use the raw weights even when the checkpoint has EMA weights (default: EMA "
         "weights when present)",
     )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run the model (default: auto = cuda when available)",
-    )
+    add_device_argument(p)
     p.add_argument(
         "--backend",
         choices=BACKENDS,

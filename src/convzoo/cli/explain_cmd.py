@@ -3,7 +3,7 @@ feature maps of a trained run, as PNG files and one HTML page."""
 
 from __future__ import annotations
 
-from .common import command_line, positive_int
+from .common import add_device_argument, command_line, positive_int
 
 
 def register(sub) -> None:
@@ -36,12 +36,7 @@ def register(sub) -> None:
         metavar="K",
         help="classes shown per image (default: 3)",
     )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run the model (default: auto = cuda when available)",
-    )
+    add_device_argument(p)
     p.add_argument(
         "--data-dir",
         default=None,
