@@ -91,15 +91,45 @@ def test_compare_writes_its_charts_as_png_files(compared):
 
 
 @pytest.mark.slow
-def test_compare_again_reuses_finished_runs(compared, capsys):
+def test_compare_explains_the_same_test_images_with_each_model(compared):
+    """The report's side-by-side section: one row per picked test image, one column per
+    model, each cell the model's own explain picture of that image."""
+    import re
+
+    out, _ = compared
+    html = (out / "report.html").read_text()
+    assert 'id="explained"' in html and 'href="#explained"' in html
+    section = html[html.index('id="explained"') : html.index('id="environment"')]
+    heads = re.findall(r'<th scope="col">([^<]*)</th>', section)
+    assert heads == ["resnet18", "nin"]
+    pages = {"resnet18": out / "explain" / "01-resnet18", "nin": out / "explain" / "02-nin"}
+    shown = []
+    for model, folder in pages.items():
+        summary = json.loads((folder / "explain.json").read_text())
+        assert summary["model"] == model
+        shown.append([e["test_index"] for e in summary["examples"]])
+        for e in summary["examples"]:
+            png = (folder / e["cam"]).read_bytes()
+            assert base64.b64encode(png).decode("ascii") in section
+    assert shown[0] == shown[1] and shown[0]  # the same images for both models
+    rows = re.findall(r'<th class="name" scope="row">test image #(\d+)', section)
+    assert [int(r) for r in rows] == shown[0]
+
+
+@pytest.mark.slow
+def test_compare_again_reuses_finished_runs(compared, capsys, tmp_path):
     out, data = compared
-    run_dir = out / "runs" / "nin"
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    run_dir = again / "runs" / "nin"
     before = (run_dir / "result.json").stat().st_mtime_ns
-    argv = ["compare", "nin", *TINY, "--data-dir", str(data), "--out", str(out), "--no-speed"]
+    argv = ["compare", "nin", *TINY, "--data-dir", str(data), "--out", str(again)]
+    argv += ["--no-speed", "--no-explain"]
     argv.remove("--quiet")
     assert main(argv) == 0
     assert (run_dir / "result.json").stat().st_mtime_ns == before
     assert "already trained" in capsys.readouterr().err
+    assert 'id="explained"' not in (again / "report.html").read_text()
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import convzoo
 from convzoo.cli import main
 from convzoo.errors import ConfigError, DataError
 from convzoo.explain.gradcam import grad_cam
-from convzoo.explain.images import load_images, pick_examples
+from convzoo.explain.images import load_images, pick_examples, pick_shared_examples
 from convzoo.explain.layers import default_layer, find_layer, stages
 from convzoo.explain.page import render_page
 from convzoo.explain.run import Example, Explained, Stage
@@ -146,6 +146,26 @@ def test_pick_examples_right_ones_and_confident_mistakes():
 def save(path: Path, pixels: np.ndarray, mode: str) -> Path:
     Image.fromarray(pixels.astype(np.uint8), mode).save(path)
     return path
+
+
+def test_pick_shared_examples_agreed_right_then_shared_confident_mistakes():
+    """Images for several models at once: right by most of them, one per class, then
+    the mistakes the models make with the most confidence on average."""
+    labels = torch.tensor([0, 0, 1, 1, 2])
+
+    def probs(rows):
+        return torch.tensor(rows, dtype=torch.float)
+
+    a = probs([[0.9, 0.1, 0], [0.6, 0.4, 0], [0.1, 0.9, 0], [0.95, 0.05, 0], [0, 0.1, 0.9]])
+    b = probs([[0.8, 0.2, 0], [0.7, 0.3, 0], [0.2, 0.8, 0], [0.9, 0.1, 0], [0.6, 0, 0.4]])
+    c = probs([[0.1, 0.9, 0], [0.9, 0.1, 0], [0.3, 0.7, 0], [0.2, 0.8, 0], [0.7, 0.3, 0]])
+    picked = pick_shared_examples([a, b, c], labels, right=3, wrong=2)
+    # class 0: image 1 is right by all three (image 0 by two); class 1: image 2 (all);
+    # class 2: image 4 is right by one model of three, so no class-2 image.
+    assert picked[:2] == [(1, "right"), (2, "right")]
+    # mistakes: image 3 (two models sure of class 0: mean 0.617), image 4 (0.433), then 0
+    assert picked[2:] == [(3, "mistake"), (4, "mistake")]
+    assert pick_shared_examples([a], labels, right=0, wrong=0) == []
 
 
 def test_load_images_checks_files_and_channels(tmp_path):

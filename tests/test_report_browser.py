@@ -26,6 +26,7 @@ import pytest
 from conftest import write_idx_dataset
 from PIL import Image
 
+from convzoo.compare import explain_side_by_side
 from convzoo.report.html import build_report
 from convzoo.train import TrainConfig, train
 
@@ -214,7 +215,8 @@ def report_file(tmp_path_factory):
         train(cfg)
         dirs.append(out)
     path = root / "report.html"
-    build_report(dirs, path, speed=False)
+    side = explain_side_by_side(dirs, root / "explain")  # as `convzoo compare` adds it
+    build_report(dirs, path, speed=False, explained=side)
     return path
 
 
@@ -237,9 +239,14 @@ def test_report_renders_without_errors(browser, report_file, tmp_path):
         assert url.startswith(("file://", "data:")), url
     assert page["images"], "no images on the page"
     for complete, width, height, alt, _ in page["images"]:
+        if "class activation map" in alt:  # a test image beside its map, 4x enlarged
+            assert complete and width > 2 * 28 * 4 and height == 28 * 4, (alt, width, height)
+            continue
         assert complete and width >= 200 and height >= 200, (alt, width, height)
-    for section in ("leaderboard", "tradeoffs", "curves", "per-class", "models", "environment"):
+    assert sum("class activation map" in img[3] for img in page["images"]) >= 2
+    for section in ("leaderboard", "tradeoffs", "curves", "per-class", "models", "explained"):
         assert section in page["ids"]
+    assert "environment" in page["ids"]
     pixels = not_blank(page["screenshot"])
     # the images in view were drawn: their part of the screenshot is not blank
     seen = 0

@@ -13,18 +13,21 @@ the report's comparison charts as PNG files.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import CHECKPOINT_DIR, CONFIG_FILE, RESULT_FILE, load_run, refuse_overwrite
+from .artifacts import load_run, refuse_overwrite
 from .errors import ConfigError
 from .registry import check_model_name
-from .train import TrainConfig, TrainingDiverged, TrainResult, build_config, train
-from .train.config import RESUME_OPTIONS, flag_of, to_argv
+from .train import build_config
+from .train.config import flag_of
+from .train.plans import Plan, existing_state, train_all
+
+__all__ = [
+    "ALL_MODELS", "Plan", "check_models", "check_output", "check_runs", "existing_state",
+    "plan_runs", "train_all", "write_comparison",
+]  # fmt: skip
 
 # The default model of each of the six families.
 ALL_MODELS = ("alexnet", "vgg11_bn", "nin", "googlenet", "resnet18", "densenet121")
@@ -40,9 +43,12 @@ RUNS_FIELDS = ("quiet", "device", "data_dir")
 # What write_comparison writes into OUT (the chart names come from the report).
 REPORT_FILE = "report.html"
 LEADERBOARD_FILE = "leaderboard.md"
+EXPLAIN_DIR = "explain"  # OUT/explain/<run>: each run's explain page on the shared images
+# How many test images the side-by-side section shows: most models right, then mistakes.
+EXPLAIN_RIGHT = 3
+EXPLAIN_WRONG = 3
 
 Log = Callable[[str], None]
-Trainer = Callable[..., TrainResult]
 
 
 def _quiet(line: str) -> None:
@@ -82,25 +88,6 @@ def check_models(
     return out
 
 
-@dataclass
-class Plan:
-    """How one model of a comparison is trained."""
-
-    model: str
-    run_dir: Path
-    overrides: dict[str, Any]  # the TrainConfig fields given, with out = run_dir
-    config: TrainConfig
-    state: str | None  # "done" (reuse), "partial" (resume) or None (train)
-    recipe: str | None = None
-
-    @property
-    def command(self) -> str:
-        """The `convzoo train` line that trains this model as the comparison does."""
-        import shlex
-
-        return shlex.join(["convzoo", *to_argv(self.model, self.overrides, recipe=self.recipe)])
-
-
 def plan_runs(
     models: list[str],
     overrides: dict[str, Any],
@@ -119,79 +106,6 @@ def plan_runs(
         state = existing_state(run_dir, cfg, overrides)
         plans.append(Plan(model, run_dir, given, cfg, state, recipe))
     return plans
-
-
-def existing_state(run_dir: Path, cfg: TrainConfig, given: dict[str, Any]) -> str | None:
-    """'done' (a finished run of the same settings), 'partial' (interrupted) or None.
-
-    A run of other settings is a :class:`ConfigError` naming the first flag that
-    differs: one folder never mixes two comparisons. Options that may change on resume
-    (:data:`~convzoo.train.config.RESUME_OPTIONS`) may differ.
-    """
-    has_run = (run_dir / RESULT_FILE).is_file() or (run_dir / CHECKPOINT_DIR).is_dir()
-    if not run_dir.exists() or not has_run:
-        return None
-    try:
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        raise ConfigError(
-            f"{run_dir} holds a run without a readable {CONFIG_FILE}; choose another --out"
-        ) from None
-    if not isinstance(saved, dict) or saved.get("model") != cfg.model:
-        other = saved.get("model") if isinstance(saved, dict) else None
-        raise ConfigError(
-            f"{run_dir} holds a run of {other}, not {cfg.model}; choose another --out"
-        )
-    wanted = cfg.to_dict()
-    for key in [*given, "recipe"]:
-        if key in RESUME_OPTIONS or key == "out":
-            continue
-        if saved.get(key) != wanted.get(key):
-            raise ConfigError(
-                f"{run_dir} already holds a {cfg.model} run with {flag_of(key)} "
-                f"{saved.get(key)!r}, not {wanted.get(key)!r}; choose another --out"
-            )
-    return "done" if (run_dir / RESULT_FILE).is_file() else "partial"
-
-
-def train_all(
-    plans: list[Plan], *, train: Trainer = train, log: Log = _quiet, warn: Log = _quiet
-) -> tuple[list[Path], list[str]]:
-    """Train (or reuse, or resume) each planned model: (finished run dirs, failed models).
-
-    ``train`` is :func:`convzoo.train.train` or anything called like it
-    (``convzoo compare`` passes :func:`convzoo.training.train_run`, which also draws the
-    plots). ``log`` gets the progress lines. A model whose training diverges, or whose
-    options turn out unusable for it (say, a time budget too short for it), is
-    reported through ``warn`` and the others still run. :class:`~convzoo.train.TrainingInterrupted` is raised as it comes: running the
-    same comparison again resumes it.
-    """
-    finished: list[Path] = []
-    failed: list[str] = []
-    for i, plan in enumerate(plans, start=1):
-        head = f"[{i}/{len(plans)}] {plan.model}"
-        if plan.state == "done":
-            log(f"{head}: already trained in {plan.run_dir}, reused")
-            finished.append(plan.run_dir)
-            continue
-        started = time.perf_counter()
-        try:
-            if plan.state == "partial":
-                log(f"{head}: resuming the interrupted run in {plan.run_dir}")
-                cfg = TrainConfig(model=plan.model)
-                for key in RESUME_OPTIONS:
-                    if key in plan.overrides:
-                        setattr(cfg, key, plan.overrides[key])
-                train(cfg, resume=plan.run_dir, command=plan.command, started=started)
-            else:
-                log(f"{head}: training into {plan.run_dir}")
-                train(plan.config, command=plan.command, started=started)
-        except (TrainingDiverged, ConfigError) as exc:
-            warn(f"{plan.model}: {exc}")
-            failed.append(plan.model)
-            continue
-        finished.append(plan.run_dir)
-    return finished, failed
 
 
 def check_output(out: Path, run_dirs: list[Path]) -> None:
@@ -225,15 +139,23 @@ def write_comparison(
     device: str = "cpu",
     speed: bool = True,
     data_dir: str | None = None,
+    explain: bool = True,
     log: Log = _quiet,
 ):
     """``OUT/report.html``, ``OUT/leaderboard.md`` and the charts of ``run_dirs``;
-    returns the report (its ``markdown()`` is the leaderboard)."""
+    returns the report (its ``markdown()`` is the leaderboard). With ``explain``, the
+    report also shows the same test images explained by each run
+    (:func:`explain_side_by_side`, pages in ``OUT/explain/``)."""
     from .infer import optimize
     from .report.html import build_report
 
     check_output(out, run_dirs)
     out.mkdir(parents=True, exist_ok=True)
+    side = None
+    if explain:
+        side = explain_side_by_side(
+            run_dirs, out / EXPLAIN_DIR, device=device, data_dir=data_dir, log=log
+        )
     return build_report(
         run_dirs,
         out / REPORT_FILE,
@@ -245,4 +167,92 @@ def write_comparison(
         log=log,
         charts=out,
         optimize=optimize,  # images/s with the fast backend, as eval and predict run
+        explained=side,
     )
+
+
+def explain_side_by_side(
+    run_dirs: list[Path],
+    out: Path,
+    *,
+    device: str = "cpu",
+    data_dir: str | None = None,
+    right: int = EXPLAIN_RIGHT,
+    wrong: int = EXPLAIN_WRONG,
+    log: Log = _quiet,
+):
+    """The same test images explained by each run, for the report
+    (:class:`~convzoo.report.view.SideBySide`), or None when there is nothing to show.
+
+    The images are picked over all runs at once
+    (:func:`~convzoo.explain.images.pick_shared_examples`): ``right`` that most runs get
+    right, then the ``wrong`` mistakes the runs make with the most confidence. Each run
+    is then explained on those images by :func:`~convzoo.explain.explain_run` (Grad-CAM
+    at its default layer), which writes its page into ``out/<NN>-<model>/``. Runs on
+    other test sets than the first run's are left out, with a note; a run that cannot
+    be explained is a note too, never a failed comparison.
+    """
+    from .explain.images import pick_shared_examples
+    from .explain.run import explain_run, test_probabilities
+    from .report.runs import load_runs
+    from .report.view import ExplainedCell, ExplainedImage, SideBySide
+
+    runs = load_runs(list(run_dirs))  # labelled as the report labels them
+    if not runs:
+        return None
+    dev = "cpu" if device == "auto" else device
+    notes: list[str] = []
+    probs, labels, kept = [], None, []
+    for run in runs:
+        if run.dataset != runs[0].dataset:
+            notes.append(f"{run.path} is on {run.dataset}, not {runs[0].dataset}: left out")
+            continue
+        try:
+            p, y = test_probabilities(run.path, device=dev, data_dir=data_dir)
+        except Exception as exc:  # noqa: BLE001 - one run must not sink the report
+            notes.append(f"{run.path} could not be explained: {exc}")
+            continue
+        if labels is not None and (p.shape != probs[0].shape or not bool((y == labels).all())):
+            notes.append(f"{run.path} was tested on other images than the first run: left out")
+            continue
+        probs.append(p)
+        labels = y
+        kept.append(run)
+    if not kept:
+        return SideBySide([], [], notes=notes) if notes else None
+    picked = pick_shared_examples(probs, labels, right, wrong)
+    if not picked:
+        return None
+    indices = [i for i, _ in picked]
+    columns: list[list[ExplainedCell]] = []
+    layers = []
+    for j, run in enumerate(kept, start=1):
+        log(f"explaining {run.label} on test images {', '.join(map(str, indices))}")
+        folder = out / f"{j:02d}-{run.model}"
+        try:
+            done = explain_run(run.path, layer=None, out=folder, device=dev,
+                               data_dir=data_dir, test_indices=indices)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one run must not sink the report
+            notes.append(f"{run.label} could not be explained: {exc}")
+            columns.append([ExplainedCell(None)] * len(indices))
+            continue
+        layers.append(f"{run.label}: {done.layer}")
+        columns.append(
+            [ExplainedCell((folder / e.cam_file).read_bytes(), *e.top[0]) for e in done.examples]
+        )
+    classes = done.classes if layers else []
+    images = [
+        ExplainedImage(
+            f"test image #{i}",
+            classes[int(labels[i])] if classes else str(int(labels[i])),
+            kind,
+            [column[r] for column in columns],
+        )
+        for r, (i, kind) in enumerate(picked)
+    ]
+    note = (
+        "Each picture is the test image and, beside it, the Grad-CAM of the class the "
+        "model predicts (bright: the regions that raised that class's score), at the last "
+        "convolutional stage: " + "; ".join(layers) + f". Each model's page is in {out}."
+    )
+    return SideBySide([r.label for r in kept], images, note, notes)

@@ -60,6 +60,12 @@ def register(sub) -> None:
     g.add_argument(
         "--no-speed", action="store_true", help="do not measure inference speed (default: measure)"
     )
+    g.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="leave out the same test images explained by each model (default: show them; "
+        "pages in OUT/explain)",
+    )
     p.set_defaults(run=run)
 
 
@@ -122,6 +128,7 @@ def run(args) -> int:
         device=given.get("device", "cpu"),
         speed=not args.no_speed,
         data_dir=given.get("data_dir"),
+        explain=not args.no_explain,
         log=log,
     )
     print(report.markdown().rstrip().split("\n\n")[-1])  # the table
@@ -158,4 +165,6 @@ def _command_line(args, models: list[str], given: dict, recipe: str | None, out:
         argv += ["--recipe", recipe]
     if args.no_speed:
         argv.append("--no-speed")
+    if args.no_explain:
+        argv.append("--no-explain")
     return command_line([*argv, "--out", str(out)])

@@ -71,3 +71,33 @@ def pick_examples(
     order = confidence[mistakes].argsort(descending=True)[:wrong]
     chosen += [(int(mistakes[i]), "mistake") for i in order]
     return chosen
+
+
+def pick_shared_examples(
+    probs: list[torch.Tensor], labels: torch.Tensor, right: int = 3, wrong: int = 3
+) -> list[tuple[int, str]]:
+    """(index, "right" | "mistake") of test images to explain with several models at
+    once (``probs``: one (N, K) tensor per model, on the same test set).
+
+    ``right`` images that most models predict right, each of another class (the one the
+    most models get right, then the most confidently), then the ``wrong`` images the
+    models get wrong with the most confidence on average (a model that is right counts
+    as zero confidence in a mistake)."""
+    stacked = torch.stack([p.float() for p in probs])  # (M, N, K)
+    confidence, predicted = stacked.max(dim=2)  # (M, N)
+    correct = predicted == labels.unsqueeze(0)
+    votes = correct.sum(dim=0)  # (N,)
+    true_prob = stacked.gather(2, labels.view(1, -1, 1).expand(len(probs), -1, 1))
+    score = votes.float() * 2 + true_prob.squeeze(2).mean(dim=0)  # votes first
+    chosen: list[tuple[int, str]] = []
+    for k in range(stacked.shape[2]):
+        if len(chosen) >= right:
+            break
+        idx = torch.nonzero((labels == k) & (votes * 2 > len(probs))).flatten()
+        if len(idx):
+            chosen.append((int(idx[score[idx].argmax()]), "right"))
+    wrongness = (confidence * ~correct).mean(dim=0)  # (N,)
+    mistakes = torch.nonzero(wrongness > 0).flatten()
+    order = wrongness[mistakes].argsort(descending=True)[:wrong]
+    chosen += [(int(mistakes[i]), "mistake") for i in order]
+    return chosen

@@ -30,7 +30,7 @@ from .gradcam import grad_cam
 from .images import load_images, pick_examples
 from .layers import default_layer, find_layer, require_maps, stages
 
-__all__ = ["Example", "Explained", "explain_run"]
+__all__ = ["Example", "Explained", "explain_run", "test_probabilities"]
 
 SCALE = 4  # how many times small images (up to 64 px) are enlarged on the page
 FEATURE_CHANNELS = 16
@@ -103,6 +103,33 @@ def _batch(images: torch.Tensor, data: dict, device: torch.device) -> torch.Tens
     return next(iter(loader))[0]
 
 
+def _test_logits(model, data: dict, device: torch.device, data_dir: str | None):
+    """(dataset, logits, labels) of the model on its dataset's whole test set."""
+    ds = load_training_data(data, data_dir)
+    loader = Loader(
+        ds.test_images,
+        ds.test_labels,
+        batch_size=512,
+        mean=data["mean"],
+        std=data["std"],
+        device=device,
+        resize=data.get("resize"),
+    )
+    logits, labels = predict_logits(model, loader)
+    return ds, logits, labels
+
+
+def test_probabilities(
+    run_dir: str | os.PathLike, *, device: str = "cpu", data_dir: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, K), labels (N,)) of a trained run on its dataset's test set:
+    what :func:`convzoo.explain.images.pick_shared_examples` picks from."""
+    dev = resolve_device(device)
+    _, ckpt, model = load_trained_run(run_dir, dev)
+    _, logits, labels = _test_logits(model, ckpt["data"], dev, data_dir)
+    return logits.float().softmax(dim=1).cpu(), labels.cpu()
+
+
 def output_dir(out: str | os.PathLike | None, run_dir: Path) -> Path:
     """``out`` or ``RUN/explain``: a folder, never one of the run's own files."""
     out = Path(out) if out is not None else run_dir / "explain"
@@ -149,17 +176,7 @@ def explain_run(
         x = _batch(pictures, data, dev)
         probs = predict_logits(model, [(x, torch.zeros(len(x)))])[0].softmax(dim=1)
     else:
-        ds = load_training_data(data, data_dir)
-        loader = Loader(
-            ds.test_images,
-            ds.test_labels,
-            batch_size=512,
-            mean=data["mean"],
-            std=data["std"],
-            device=dev,
-            resize=data.get("resize"),
-        )
-        logits, labels = predict_logits(model, loader)
+        ds, logits, labels = _test_logits(model, data, dev, data_dir)
         if test_indices is not None:
             n = len(labels)
             bad = [i for i in test_indices if not 0 <= int(i) < n]

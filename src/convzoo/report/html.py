@@ -40,7 +40,7 @@ from .leaderboard import (
     software_versions,
 )
 from .runs import Run, load_runs
-from .view import CHART_FILES, data_uri, page_view, stored_plot
+from .view import CHART_FILES, SideBySide, data_uri, page_view, stored_plot
 
 __all__ = [
     "CHART_FILES",
@@ -71,6 +71,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     path: Path | None = None  # where the HTML was written
     reuse_plots: bool = False  # embed the run's own confusion.png (same model, same data)
+    explained: SideBySide | None = None  # the same test images explained by each model
 
     def run(self, label: str) -> Run:
         return next(r for r in self.runs if r.label == label)
@@ -173,9 +174,11 @@ def build_report(
     speed_seconds: float = 1.0,
     charts: str | os.PathLike | None = None,
     optimize: Optimizer | None = None,
+    explained: SideBySide | None = None,
 ) -> Report:
     """Write the HTML report of ``run_dirs`` to ``out`` (and the leaderboard to ``markdown``,
-    and the comparison charts as PNG files into the folder ``charts``).
+    and the comparison charts as PNG files into the folder ``charts``). ``explained``
+    adds the section of the same test images explained by each model.
 
     Raises :class:`ConfigError` for a directory that is not a finished run, and for an
     ``out`` that is one of the runs' own files (``--out`` in the message).
@@ -192,6 +195,7 @@ def build_report(
         speed_seconds=speed_seconds,
         optimize=optimize,
     )
+    report.explained = explained
     if markdown is not None:  # first: it needs no plots
         atomic_write_text(markdown, report.markdown())
     atomic_write_text(out, render_html(report, charts))

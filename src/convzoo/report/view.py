@@ -22,7 +22,10 @@ from .runs import Run
 if TYPE_CHECKING:  # pragma: no cover
     from .html import Report
 
-__all__ = ["CHART_FILES", "Figure", "ModelView", "Page", "data_uri", "page_view", "stored_plot"]
+__all__ = [
+    "CHART_FILES", "ExplainedCell", "ExplainedImage", "Figure", "ModelView", "Page",
+    "SideBySide", "data_uri", "page_view", "stored_plot",
+]  # fmt: skip
 
 # The comparison charts, by the names they are written under (build_report(charts=...)).
 CHART_FILES = ("accuracy-vs-macs.png", "accuracy-vs-time.png", "val-accuracy.png")
@@ -35,6 +38,38 @@ NAV = (
     ("models", "Models"),
     ("environment", "Machine"),
 )
+EXPLAINED_NAV = ("explained", "Where they look")
+
+
+# The side-by-side section's input: plain data that the caller (convzoo.compare) fills
+# from its class activation maps; this package draws none of them.
+@dataclass
+class ExplainedCell:
+    """One model on one image: its picture (image | Grad-CAM overlay) and top class."""
+
+    png: bytes | None  # None: this model could not be explained
+    predicted: str = ""
+    probability: float = 0.0
+
+
+@dataclass
+class ExplainedImage:
+    """One test image, with one cell per model (in the order of ``SideBySide.labels``)."""
+
+    name: str  # "test image #i"
+    true_class: str
+    kind: str  # "right" (most models) or "mistake"
+    cells: list[ExplainedCell]
+
+
+@dataclass
+class SideBySide:
+    """The same test images explained by each model (rows: images; columns: models)."""
+
+    labels: list[str]  # the models' run labels
+    images: list[ExplainedImage]
+    layer_note: str = ""  # which layers the maps are taken at
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +155,17 @@ class Environment:
 
 
 @dataclass
+class ExplainedView:
+    """The side-by-side grid as the template shows it."""
+
+    labels: list[str]
+    rows: list[tuple[str, str, list[tuple[Figure | None, str, bool]]]]
+    # (image heading, kind, [(figure, prediction text, right?)] per model)
+    note: str
+    notes: list[str]
+
+
+@dataclass
 class Page:
     """Everything the template shows."""
 
@@ -137,6 +183,7 @@ class Page:
     per_class: PerClass
     models: list[ModelView]
     environment: Environment
+    explained: ExplainedView | None = None
 
 
 def data_uri(png: bytes) -> str:
@@ -184,7 +231,7 @@ def page_view(report: Report) -> tuple[Page, dict[str, bytes]]:
         title=f"convzoo report: {', '.join(labels)} on {', '.join(datasets)}",
         version=report.versions.get("convzoo", ""),
         subtitle=f"{n} model{'s' if n != 1 else ''} on {', '.join(datasets)} · {report.date}",
-        nav=NAV,
+        nav=NAV if report.explained is None else (*NAV[:-1], EXPLAINED_NAV, NAV[-1]),
         notes=list(report.notes),
         board_head=[(h, attr == "label") for attr, h, _ in COLUMNS],
         board=[_board_row(report, e, colors[e.label]) for e in report.entries],
@@ -195,8 +242,29 @@ def page_view(report: Report) -> tuple[Page, dict[str, bytes]]:
         per_class=_per_class_table(report),
         models=[_model_view(report, e, colors[e.label], plots) for e in report.entries],
         environment=_environment(report),
+        explained=_explained(report.explained),
     )
     return page, charts
+
+
+def _explained(side: SideBySide | None) -> ExplainedView | None:
+    if side is None:
+        return None
+    rows = []
+    for image in side.images:
+        cells = []
+        for label, cell in zip(side.labels, image.cells, strict=True):
+            if cell.png is None:
+                cells.append((None, "not explained", False))
+                continue
+            alt = f"{image.name} and {label}'s class activation map"
+            text = f"{cell.predicted} {cell.probability * 100:.1f}%"
+            cells.append(
+                (Figure(data_uri(cell.png), alt), text, cell.predicted == image.true_class)
+            )
+        kind = "most models right" if image.kind == "right" else "a confident mistake"
+        rows.append((f"{image.name}: {image.true_class}", kind, cells))
+    return ExplainedView(list(side.labels), rows, side.layer_note, list(side.notes))
 
 
 def _board_row(report: Report, e: Entry, color: str) -> BoardRow:
