@@ -20,6 +20,7 @@ __all__ = [
     "model_colors",
     "plot_confusion",
     "plot_curves",
+    "plot_loss_curves",
     "plot_mistakes",
     "plot_tradeoff",
     "plot_val_accuracy",
@@ -303,6 +304,47 @@ def plot_val_accuracy(
             ax.set_xticks(epochs)
         if len(epochs) == 1:
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    return _finish(fig, path)
+
+
+def plot_loss_curves(
+    series: list[tuple[str, list[list[tuple[float, float]]]]],
+    path: str | os.PathLike | None = None,
+    *,
+    title: str = "Training loss",
+) -> bytes:
+    """The training loss of several networks on one chart: ``series`` are ``(label,
+    runs)``, each run a list of ``(epoch, training loss)``; every run is a line, in its
+    network's colour (the seeds of one network share it)."""
+    colors = model_colors(len(series))
+    fig = _new_figure(9, 4.5)
+    ax = fig.subplots()
+    for (label, runs), color in zip(series, colors, strict=True):
+        named = False
+        for i, points in enumerate(runs):
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                label=None if named else label,
+                marker="o",
+                markersize=3,
+                linewidth=1.8 if i == 0 else 1.2,
+                linestyle="-" if i == 0 else "--",
+            )
+            named = True
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (mean over the epoch's batches)")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        handles = [h for h in ax.lines if not h.get_label().startswith("_")]
+        ax.legend(handles=handles, frameon=False, loc="upper right")
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     return _finish(fig, path)

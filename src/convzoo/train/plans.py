@@ -61,7 +61,12 @@ def existing_state(run_dir: Path, cfg: TrainConfig, given: dict[str, Any]) -> st
     differs: one folder never mixes two comparisons. Options that may change on resume
     (:data:`~convzoo.train.config.RESUME_OPTIONS`) may differ.
     """
-    has_run = (run_dir / RESULT_FILE).is_file() or (run_dir / CHECKPOINT_DIR).is_dir()
+    # A run that stopped before its first checkpoint (say, a time budget too short for
+    # it) left an empty checkpoints/ folder: nothing to reuse or resume.
+    checkpoints = run_dir / CHECKPOINT_DIR
+    has_run = (run_dir / RESULT_FILE).is_file() or (
+        checkpoints.is_dir() and any(checkpoints.iterdir())
+    )
     if not run_dir.exists() or not has_run:
         return None
     try:
