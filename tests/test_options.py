@@ -78,6 +78,7 @@ ADDED = {
     "eval": "--max-accuracy-drop",
     "predict": "--max-accuracy-drop --data-dir",
     "export": "--int8 --max-accuracy-drop --data-dir",
+    "compare": "--no-explain",  # the report's side-by-side explained images
 }
 
 
@@ -87,7 +88,7 @@ def test_every_command_offers_the_same_flags_as_before(command):
     assert flags(subparsers()[command]) == want
 
 
-@pytest.mark.parametrize("command", sorted(BASELINE) + ["explain"])
+@pytest.mark.parametrize("command", sorted(BASELINE) + ["explain", "ablate"])
 def test_every_option_has_a_description_that_shows_its_default(command):
     for action in subparsers()[command]._actions:
         if not action.option_strings or "--help" in action.option_strings:
