@@ -28,6 +28,7 @@ COMMANDS = [
     "bench",
     "data",
     "explain",
+    "weights",
 ]
 
 
