@@ -3,8 +3,10 @@
 - Input channels: :func:`adapt_input_conv` is timm's ``adapt_input_conv``
   (``timm/models/_manipulate.py``). One channel: the RGB kernels are summed, so a gray
   image x gives what the RGB model gives on (x, x, x). C channels other than 1 and 3:
-  the RGB kernels are repeated cyclically (R, G, B, R, ...) to C and scaled by 3 / C,
-  so an image whose C channels are all x gives what the RGB model gives on (x, x, x).
+  the RGB kernels are repeated cyclically (R, G, B, R, ...) to C and scaled by 3 / C.
+  When C is a multiple of 3, an image whose C channels are all x then gives exactly what
+  the RGB model gives on (x, x, x); for other C the kernels of the last, incomplete
+  cycle weigh in unevenly, so it is only close (timm's rule, kept as it is).
 - The classifier: a different number of classes keeps the model's own fresh head.
 - The small-input forms: every tensor whose shape fits is kept; the others keep the
   model's initialisation and are reported.

@@ -74,7 +74,9 @@ def torchvision_file(name: str) -> Path:
     files = TORCHVISION_FILES.get(name)
     if not files:
         known = ", ".join(sorted(TORCHVISION_FILES))
-        raise CheckpointError(f"torchvision publishes no weights convzoo reads for {name} ({known})")
+        raise CheckpointError(
+            f"torchvision publishes no weights convzoo reads for {name} ({known})"
+        )
     folder = hub_dir()
     for file in files:
         if (folder / file).is_file():
@@ -97,7 +99,7 @@ def check_hash_prefix(path: Path) -> None:
             digest.update(chunk)
     if not digest.hexdigest().startswith(m[1]):
         raise CheckpointError(
-            f"{path}: its SHA-256 starts with {digest.hexdigest()[:len(m[1])]}, its name "
+            f"{path}: its SHA-256 starts with {digest.hexdigest()[: len(m[1])]}, its name "
             f"says {m[1]}; the file is damaged or not the one named (download it again)"
         )
 
@@ -120,8 +122,10 @@ def _state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict_ema", "state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
+            if (
+                isinstance(inner, dict)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 return dict(inner)
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):

@@ -110,7 +110,9 @@ def load_pretrained(
     head = fam.head if fam else _head_prefix(model)
     first_conv = fam.first_conv if fam else _first_conv(model)
 
-    missing = [k for k, s in mapping.items() if s not in wf.weights]
+    # Files older than batch norm's step counter lack it: the model's own count stays.
+    missing = [k for k, s in mapping.items()
+               if s not in wf.weights and not k.endswith("num_batches_tracked")]  # fmt: skip
     used = set(mapping.values())
     unexpected = [k for k in wf.weights if k not in used]
     if small:  # the faithful stem's layers a small-input stem lacks are only unused
@@ -133,7 +135,9 @@ def load_pretrained(
     own = model.state_dict()
     new, wrong = {}, []
     for key, target in own.items():
-        tensor = wf.weights[mapping[key]]
+        tensor = wf.weights.get(mapping[key])
+        if tensor is None:  # a step counter the file lacks
+            continue
         if mapping[key] in _RESHAPED and tensor.numel() == target.numel():
             tensor = tensor.reshape(target.shape)
         if key == first_conv and tensor.dim() == 4 and tensor.shape[1] != target.shape[1]:
@@ -194,8 +198,10 @@ def to_source(model: nn.Module, name: str, source: str = "torchvision") -> dict[
         s = mapping[key]
         t = tensor.detach().cpu().clone()
         if s in _RESHAPED:
-            t = t.reshape(*t.shape, 1, 1) if s.endswith("fc2.weight") else t.reshape(
-                t.shape[0], -1, 7, 7
+            t = (
+                t.reshape(*t.shape, 1, 1)
+                if s.endswith("fc2.weight")
+                else t.reshape(t.shape[0], -1, 7, 7)
             )
         out[s] = t
     return out

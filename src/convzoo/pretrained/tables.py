@@ -94,7 +94,9 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "resnet": Family(_RESNET, "stem.0.weight", "head.2.", ("conv1.", "bn1.")),
     "vgg": Family(_VGG, "features.0.0.weight", "classifier.7."),
-    "densenet": Family(_DENSENET, "stem.0.weight", "head.4.", ("features.conv0.", "features.norm0.")),
+    "densenet": Family(
+        _DENSENET, "stem.0.weight", "head.4.", ("features.conv0.", "features.norm0.")
+    ),
 }
 
 # Families whose torchvision/timm weights convzoo refuses, and why.

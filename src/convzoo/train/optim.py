@@ -27,7 +27,9 @@ def classifier_prefix(model: nn.Module) -> str:
     return last + "."
 
 
-def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0
+) -> list[dict]:
     """Weight decay on weights only: biases and normalisation parameters are not decayed.
 
     Departure from the papers, which decayed every parameter; this is the usual modern
