@@ -78,6 +78,9 @@ ADDED = {
     "eval": "--max-accuracy-drop",
     "predict": "--max-accuracy-drop --data-dir",
     "export": "--int8 --max-accuracy-drop --data-dir",
+    # fine-tuning from pretrained weights (docs/pretrained.md)
+    "train": "--pretrained --freeze-epochs --backbone-lr-scale --freeze-bn --no-freeze-bn "
+    "--normalize --center-crop --no-center-crop",
 }
 
 
