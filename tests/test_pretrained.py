@@ -7,6 +7,7 @@ own models renamed through the tables. No network.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -33,14 +34,20 @@ def fixture(source: str, name: str) -> dict[str, list[int]]:
     return json.loads((FIXTURES / f"{source}-{name}.json").read_text())["state_dict"]
 
 
+@functools.cache
+def meta_model(name: str) -> torch.nn.Module:
+    """The faithful model on the meta device (shapes only), built once for both sources."""
+    with torch.device("meta"):
+        return convzoo.get_model(name)
+
+
 @pytest.mark.parametrize("source", ["torchvision", "timm"])
 @pytest.mark.parametrize("name", NAMES)
 def test_table_covers_every_tensor(name, source):
     """Every tensor of the library's model has exactly one convzoo tensor, of its shape
     (timm's VGG: the same numbers as a convolution)."""
     theirs = fixture(source, name)
-    with torch.device("meta"):
-        model = convzoo.get_model(name)
+    model = meta_model(name)
     mapping = table(name, model, source)
     assert sorted(mapping.values()) == sorted(theirs)
     own = model.state_dict()
