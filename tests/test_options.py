@@ -79,6 +79,9 @@ ADDED = {
     "predict": "--max-accuracy-drop --data-dir",
     "export": "--int8 --max-accuracy-drop --data-dir",
     "compare": "--no-explain",  # the report's side-by-side explained images
+    # fine-tuning from pretrained weights (docs/pretrained.md)
+    "train": "--pretrained --freeze-epochs --backbone-lr-scale --freeze-bn --no-freeze-bn "
+    "--normalize --center-crop --no-center-crop",
 }
 
 

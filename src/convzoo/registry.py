@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from .artifacts import read_safetensors_header, read_safetensors_tensors
 from .device import available_memory
 from .errors import CheckpointError, ConvzooError, ModelError
+from .pretrained import load_pretrained
 from .units import gib
 
 ModelFn = Callable[..., nn.Module]
@@ -93,9 +95,11 @@ def get_model(
     in_channels: int = 3,
     small_input: bool = False,
     width: float = 1.0,
+    weights: str | os.PathLike | None = None,
+    weights_source: str | None = None,
     **family_options,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model, with pretrained ``weights`` when given.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"resnet18"``.
@@ -104,6 +108,12 @@ def get_model(
         small_input: the 28-32 px form: same blocks, a stem and pooling suited to
             small images (as the ResNet and DenseNet papers did for CIFAR).
         width: multiplier for every channel count.
+        weights: a torchvision ``.pth``, a timm ``.pth``/``.safetensors``, a convzoo run
+            directory, checkpoint or safetensors file, or ``"torchvision"`` (the standard
+            file in the torch hub cache): see :func:`convzoo.pretrained.load_pretrained`.
+            What it did is ``model.pretrained`` (a :class:`~convzoo.pretrained.LoadReport`).
+        weights_source: "torchvision", "timm" or "convzoo" when the file's naming is
+            known (default: read from its names).
         family_options: options of the family, e.g. ``aux_logits=True`` for GoogLeNet.
 
     Every value is bounded before memory is spent on it: the model is first built on
@@ -144,7 +154,10 @@ def get_model(
             f"{gib(free)} of memory available; lower --width, --num-classes or the "
             "input channels"
         )
-    return _construct(name, options)
+    model = _construct(name, options)
+    if weights is not None:
+        model.pretrained = load_pretrained(model, name, weights, source=weights_source)
+    return model
 
 
 # -- models with their weights ----------------------------------------------------------

@@ -24,6 +24,7 @@ from .checkpoints import (
     UnsafeCheckpointError,
     find_checkpoint,
     load_checkpoint,
+    load_torch_file,
     save_checkpoint,
 )
 from .files import (
@@ -82,6 +83,7 @@ __all__ = [
     "link_or_copy",
     "load_checkpoint",
     "load_run",
+    "load_torch_file",
     "model_meta",
     "read_metrics",
     "read_safetensors_header",

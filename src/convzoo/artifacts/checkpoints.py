@@ -154,6 +154,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    state = load_torch_file(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a convzoo checkpoint (expected format {CHECKPOINT_FORMAT})"
+        )
+    return state
+
+
+def load_torch_file(path: str | os.PathLike):
+    """Whatever a :func:`torch.save` file holds, read with ``weights_only=True`` onto the
+    CPU (a convzoo checkpoint, or another library's state dict).
+
+    The same refusals as :func:`load_checkpoint`: missing, truncated or corrupt files
+    are a :class:`CheckpointError`, a pickle that names code an
+    :class:`UnsafeCheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
     try:
         with warnings.catch_warnings():
             # a damaged file can look like an unusual pickle protocol; the error says it all
@@ -178,10 +197,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         else:
             detail = _first_line(exc)
         raise CheckpointError(f"{path} is truncated or corrupt ({detail})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a convzoo checkpoint (expected format {CHECKPOINT_FORMAT})"
-        )
     return state
 
 

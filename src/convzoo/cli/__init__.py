@@ -29,6 +29,7 @@ COMMANDS = [
     "data",
     "explain",
     "ablate",
+    "weights",
 ]
 
 

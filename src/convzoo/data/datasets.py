@@ -105,13 +105,15 @@ def load_dataset(
     name: str = "fashion-mnist",
     data_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
+    center_crop: bool = False,
 ) -> Dataset:
     """Load a dataset by name (see :data:`DATASET_NAMES`) or from a folder of images.
 
     ``data_dir`` is searched first for a named dataset (see :mod:`convzoo.data.locate`),
     and for a folder name that is not itself a directory, ``data_dir/name`` is tried.
     ``image_size`` sets the size images of a folder are resized to; the named datasets
-    keep their native size (resize batches with ``Loader(resize=...)``).
+    keep their native size (resize batches with ``Loader(resize=...)``); ``center_crop``
+    resizes a folder's images keeping their aspect ratio and cuts out the centre.
     Raises DataError for a missing, unknown or unreadable dataset.
     """
     key = _normalise_name(name)
@@ -126,7 +128,7 @@ def load_dataset(
         return _load_idx(key, found)
     for folder in _folder_candidates(name, data_dir):
         if folder.is_dir():
-            return load_image_folder(folder, image_size)
+            return load_image_folder(folder, image_size, center_crop)
     close = difflib.get_close_matches(key, DATASET_NAMES, n=3, cutoff=0.4)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise DataError(

@@ -31,11 +31,22 @@ MAX_IMAGE_PIXELS = 64 * 2**20
 MAX_FOLDER_BYTES = 16 * 2**30
 
 
-def load_image(path: str | os.PathLike, in_channels: int, size: tuple[int, int]) -> torch.Tensor:
+# The centre crop of torchvision's ImageNet evaluation: the shorter side is resized to
+# 256 for a 224 crop.
+CROP_FRACTION = 224 / 256
+
+
+def load_image(
+    path: str | os.PathLike, in_channels: int, size: tuple[int, int], center_crop: bool = False
+) -> torch.Tensor:
     """One image file as uint8 (C, H, W): mode L (C=1) or RGB (C=3), resized (bilinear)
     to ``size`` = (H, W) when it differs. DataError for a file that is not a readable image,
     and for one whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels (it is
     refused before anything is decoded).
+
+    ``center_crop``: as torchvision's ImageNet evaluation (Resize(256), CenterCrop(224)):
+    the shorter side is resized to ``max(size) / CROP_FRACTION``, keeping the aspect
+    ratio, and the centre ``size`` is cut out.
     """
     from PIL import Image
 
@@ -44,7 +55,15 @@ def load_image(path: str | os.PathLike, in_channels: int, size: tuple[int, int])
     with _open_image(path) as img:
         img = img.convert("L" if in_channels == 1 else "RGB")
         h, w = size
-        if img.size != (w, h):
+        if center_crop:
+            side = round(max(h, w) / CROP_FRACTION)
+            iw, ih = img.size
+            scale = side / min(iw, ih)
+            rw, rh = max(w, round(iw * scale)), max(h, round(ih * scale))
+            img = img.resize((rw, rh), Image.BILINEAR)
+            left, top = (rw - w) // 2, (rh - h) // 2
+            img = img.crop((left, top, left + w, top + h))
+        elif img.size != (w, h):
             img = img.resize((w, h), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     t = torch.from_numpy(arr.copy())
@@ -162,17 +181,22 @@ def _peek(path: Path) -> tuple[str, tuple[int, int]]:
         return img.mode, (img.size[1], img.size[0])
 
 
-def _stack(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
+def _stack(
+    files: list[Path], channels: int, size: tuple[int, int], center_crop: bool = False
+) -> torch.Tensor:
     if not files:
         return torch.empty((0, channels, *size), dtype=torch.uint8)
     out = torch.empty((len(files), channels, *size), dtype=torch.uint8)
     for i, f in enumerate(files):
-        out[i] = load_image(f, channels, size)
+        out[i] = load_image(f, channels, size, center_crop)
     return out
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> Dataset:
+def load_image_folder(
+    root: str | os.PathLike, image_size: int | None = None, center_crop: bool = False
+) -> Dataset:
     """A dataset from a folder with one subfolder of images per class (see module doc).
+    ``center_crop``: resize the shorter side and cut out the centre (:func:`load_image`).
 
     The dataset's name and source are the folder's absolute path.
     """
@@ -219,8 +243,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
             f"{need:,} bytes, more than the {MAX_FOLDER_BYTES:,}-byte limit; choose a "
             "smaller --image-size"
         )
-    train_x = _stack([f for f, _ in train_files], channels, size)
-    test_x = _stack([f for f, _ in test_files], channels, size)
+    train_x = _stack([f for f, _ in train_files], channels, size, center_crop)
+    test_x = _stack([f for f, _ in test_files], channels, size, center_crop)
     train_y = torch.tensor([c for _, c in train_files], dtype=torch.int64)
     test_y = torch.tensor([c for _, c in test_files], dtype=torch.int64)
     return Dataset(

@@ -47,6 +47,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
+NORMALIZATIONS = ("dataset", "imagenet")
 FAMILIES = ("alexnet", "vgg", "nin", "googlenet", "resnet", "densenet")
 DEFAULT_EPOCHS = 10
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
@@ -357,6 +358,49 @@ class TrainConfig:
         action="append",
         default_text="none",
         extra=_model_options,
+    )
+    pretrained: str | None = option(
+        None,
+        help="start from these weights: a torchvision or timm file, a convzoo run or "
+        "safetensors file, or 'torchvision' (its standard file in the torch hub cache)",
+        group="model",
+        metavar="PATH|RUN_DIR",
+        default_text="random initialisation",
+        extra=_text,
+    )
+    freeze_epochs: int = option(
+        0,
+        help="train only the classifier for the first N epochs (backbone frozen)",
+        group="optimisation",
+        number=NON_NEGATIVE_INT,
+        metavar="N",
+    )
+    backbone_lr_scale: float = option(
+        1.0,
+        help="the backbone's learning rate as a fraction of the classifier's",
+        group="optimisation",
+        number=Number(float, low=0, high=1, high_closed=True),
+        metavar="F",
+    )
+    freeze_bn: bool = option(
+        False,
+        help="batch norm in the backbone keeps its running statistics (for small batches)",
+        group="optimisation",
+        action="bool",
+    )
+    normalize: str = option(
+        "dataset",
+        help="per-channel normalisation: the training images' own statistics, or "
+        "ImageNet's (for pretrained weights)",
+        group="data",
+        choices=NORMALIZATIONS,
+    )
+    center_crop: bool = option(
+        False,
+        help="image folders: resize the shorter side to --image-size / 0.875 and cut out "
+        "the centre (torchvision's ImageNet evaluation), instead of stretching",
+        group="data",
+        action="bool",
     )
     quiet: bool = option(False, help="no progress output", group="run", action="store_true")
 

@@ -13,20 +13,48 @@ from torch import nn
 from ..models.googlenet import AUX_LOSS_WEIGHT
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def classifier_prefix(model: nn.Module) -> str:
+    """The name (with a trailing dot) of ``model``'s classifier: its last dense layer, or
+    its last convolution when it has none (NiN); everything before it is the backbone."""
+    last = ""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = name
+    if not last:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                last = name
+    return last + "."
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0
+) -> list[dict]:
     """Weight decay on weights only: biases and normalisation parameters are not decayed.
 
     Departure from the papers, which decayed every parameter; this is the usual modern
     practice (e.g. Goyal et al. 2017) and matters little.
+
+    ``backbone_lr_scale`` below 1 splits each group in two: the classifier
+    (:func:`classifier_prefix`) at the full learning rate, the backbone at that fraction
+    of it (each group's ``lr_scale``), the usual way to fine-tune pretrained weights.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
+    head = classifier_prefix(model) if backbone_lr_scale != 1.0 else None
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            in_head = head is not None and name.startswith(head)
+            groups.setdefault((p.ndim > 1, in_head), []).append(p)
+    out = []
+    for in_head in (False, True):
+        for decayed in (True, False):
+            params = groups.get((decayed, in_head), [])
+            if not params and (in_head or head is not None):
+                continue
+            scale = 1.0 if in_head or head is None else backbone_lr_scale
+            out.append({"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                        "lr_scale": scale})  # fmt: skip
+    return out
 
 
 def build_optimizer(
@@ -37,9 +65,11 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     nesterov: bool = True,
+    backbone_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """SGD (with momentum, Nesterov when asked) or AdamW over :func:`param_groups`."""
-    groups = param_groups(model, weight_decay)
+    """SGD (with momentum, Nesterov when asked) or AdamW over :func:`param_groups`; a
+    step's learning rate is ``lr`` times each group's ``lr_scale``."""
+    groups = param_groups(model, weight_decay, backbone_lr_scale)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     return torch.optim.AdamW(groups, lr=lr)

@@ -287,7 +287,8 @@ def load_data(cfg: TrainConfig, saved: dict | None, warn: Callable[[str], None])
     from ..data.datasets import DATASET_NAMES, load_dataset
     from ..data.loader import channel_stats, stratified_split
 
-    ds = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size)
+    ds = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
+                      center_crop=cfg.center_crop)  # fmt: skip
     is_folder = ds.name not in DATASET_NAMES
     if not is_folder:
         cfg.dataset = ds.name
@@ -316,6 +317,8 @@ def load_data(cfg: TrainConfig, saved: dict | None, warn: Callable[[str], None])
     train_x = ds.train_images.index_select(0, train_idx)
     if saved is not None:
         mean, std = tuple(saved["mean"]), tuple(saved["std"])
+    elif cfg.normalize == "imagenet":
+        mean, std = imagenet_stats(ds.in_channels)
     else:
         mean, std = channel_stats(train_x)
     h, w = ds.image_size
@@ -352,6 +355,18 @@ def load_data(cfg: TrainConfig, saved: dict | None, warn: Callable[[str], None])
         f"{len(ds.test_labels)} test images" + (f"; {ds.notes}" if ds.notes else "")
     )
     return data
+
+
+def imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's per-channel mean and std (torchvision's), for ``channels`` channels:
+    RGB as published; other counts take the average of the three for every channel
+    (a gray image then meets the summed kernels of an adapted first convolution)."""
+    from ..pretrained import IMAGENET_MEAN, IMAGENET_STD
+
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    return (mean,) * channels, (std,) * channels
 
 
 # -- model -------------------------------------------------------------------------------
@@ -399,6 +414,12 @@ def build_model(
     model = get_model(cfg.model, **options)
     check_input_size(model, data.input_size)
     model.name = cfg.model
+    if cfg.pretrained is not None and saved_options is None:  # a resumed run has its own
+        from ..pretrained import load_pretrained
+
+        model.pretrained = load_pretrained(
+            model, cfg.model, cfg.pretrained, classes=list(data.ds.classes)
+        )
     sync_bn_layers = 0
     if cfg.sync_bn and procs.enabled:
         model, sync_bn_layers = convert_sync_batchnorm(model, device)

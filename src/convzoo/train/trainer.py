@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .distributed import Processes, global_batch_size, session
 from .ema import EMA
+from .finetune import Finetuning
 from .optim import build_optimizer, training_loss
 from .outputs import TrainResult
 from .progress import Progress
@@ -156,6 +157,8 @@ class Trainer:
         if cfg.recipe and self.ckpt is None:
             log(f"recipe: {cfg.recipe}")
         log(self.data.start_line)
+        if getattr(self.model, "pretrained", None) is not None:
+            log(self.model.pretrained.line())
         if self.device.type == "cpu" and not procs.enabled:
             # (other ranks of a distributed run start at the same moment and would count)
             setup.warn_if_busy(cfg.threads, self.progress.warn)
@@ -168,6 +171,8 @@ class Trainer:
                           cb.MetricsFile(), cb.ProgressDisplay()]  # fmt: skip
         self.callbacks += [cb.StepHook(on_step)] if on_step is not None else []
         self.callbacks += [self.budget] if self.budget is not None else []
+        if cfg.freeze_epochs or cfg.freeze_bn:
+            self.callbacks.append(Finetuning(cfg.freeze_epochs, cfg.freeze_bn, log))
         if procs.enabled:
             self.callbacks.append(cb.RankAgreement(AGREE_EVERY.get(self.device.type, 5)))
         self.schedule, self.total_steps = setup.plan_steps(self)
@@ -223,7 +228,8 @@ class Trainer:
     def new_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
         return build_optimizer(self.model, c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
-                               momentum=c.momentum, nesterov=c.nesterov)  # fmt: skip
+                               momentum=c.momentum, nesterov=c.nesterov,
+                               backbone_lr_scale=c.backbone_lr_scale)  # fmt: skip
 
     def _make_run_dir(self) -> None:
         self.run_dir, lock = setup.open_run_dir(self.cfg, self.data, new=self.ckpt is None)
@@ -243,7 +249,7 @@ class Trainer:
         optimizer = self.optimizer if optimizer is None else optimizer
         ema = self.ema if ema is None else ema
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         amp = self.autocast_dtype is not None
         with (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
