@@ -86,8 +86,10 @@ def make_sampler(name: str, seed: int | None):
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=True)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              constant_liar=True)  # fmt: skip
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
@@ -117,7 +119,7 @@ def open_study(options: StudyOptions, *, worker: int = 0):
 
     storage = open_storage(options)
     seed = None if options.seed is None else options.seed + worker
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         return optuna.create_study(
             storage=storage,
