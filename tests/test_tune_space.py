@@ -82,7 +82,7 @@ def test_a_space_by_optimizer_gives_one_parameter_per_optimizer(tmp_path):
     [
         ("not a url", "must be an SQLAlchemy URL"),
         ("nosuchdb://user@host/db", "cannot open the study storage"),
-        ("postgresql://tuner:secret@127.0.0.1:1/study", "cannot open the study storage"),
+        ("postgresql://tuner:secret@127.0.0.1:1/study", "connection failed"),
     ],
 )
 def test_bad_or_unreachable_storage_is_one_line(tmp_path, capsys, storage, message):

@@ -13,6 +13,7 @@ so a worker survives a database restart between trials.
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from typing import Any
 
@@ -26,6 +27,7 @@ FINAL_STEP = 100
 # SQLite: how long a writer waits for the lock before "database is locked".
 SQLITE_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
+SCHEMA_ATTEMPTS = 4
 MAX_RETRY = 2  # a stale trial is queued again at most this many times
 
 
@@ -55,7 +57,6 @@ def redacted(url: str) -> str:
 def open_storage(options: StudyOptions):
     """An :class:`optuna.storages.RDBStorage` with heartbeats and retries; a URL that
     is wrong or a server that does not answer is one :class:`ConfigError` line."""
-    import optuna
     import sqlalchemy.exc
 
     url = options.storage
@@ -64,22 +65,38 @@ def open_storage(options: StudyOptions):
         engine["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     elif url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=options.heartbeat,
-                grace_period=options.grace,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY
-                ),
-            )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        reason = reason[0] if reason else type(exc).__name__
-        raise ConfigError(f"cannot open the study storage {redacted(url)}: {reason}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return _rdb_storage(url, engine, options)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Workers that start together on a new database race to create its tables.
+            if attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(1.0 + attempt)
+                continue
+            raise ConfigError(
+                f"cannot open the study storage {redacted(url)}: {_reason(exc)}"
+            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot open the study storage {redacted(url)}: {_reason(exc)}"
+            ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _rdb_storage(url: str, engine: dict[str, Any], options: StudyOptions):
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                          heartbeat_interval=options.heartbeat,
+                                          grace_period=options.grace,
+                                          heartbeat_stale_trial_callback=retry)  # fmt: skip
 
 
 def make_sampler(name: str, seed: int | None):

@@ -79,9 +79,10 @@ def run_trial(trial, plan, stop) -> float:
     """
     import optuna
 
-    if stop.received is not None:
-        raise TrialInterrupted(stop.received)
     options = plan.space.sample(trial, plan.base)
+    if stop.received is not None:
+        _requeue(trial)
+        raise TrialInterrupted(stop.received)
     run_dir = plan.out / "trials" / f"{trial.number:04d}-{socket.gethostname()}-{os.getpid()}"
     cfg = plan.trial_config(options, run_dir)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -99,7 +100,11 @@ def run_trial(trial, plan, stop) -> float:
         raise optuna.TrialPruned(f"diverged at {step}% of its steps") from None
     except TrainingInterrupted as exc:
         stop.received = exc.signum
+        _requeue(trial)
         raise TrialInterrupted(exc.signum) from None
+    except KeyboardInterrupt:  # a second Ctrl-C
+        _requeue(trial)
+        raise
     finally:
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
         _drop_checkpoints(run_dir)
@@ -109,6 +114,13 @@ def run_trial(trial, plan, stop) -> float:
     trial.set_user_attr("planned_steps", result.get("planned_steps"))
     trial.report(value, FINAL_STEP)
     return float(value)
+
+
+def _requeue(trial) -> None:
+    """Queue the trial again with its parameters: a signal stopped it (it ends FAIL),
+    and the next run of the command trains it."""
+    trial.set_user_attr("interrupted", True)
+    trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
 def _drop_checkpoints(run_dir: Path) -> None:

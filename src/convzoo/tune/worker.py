@@ -3,8 +3,8 @@
 
 A worker starts a trial only while the study holds fewer than ``--trials`` finished or
 running trials, or while a whole trial still fits in ``--budget``. SIGINT or SIGTERM
-stops the running trial at its next step (recorded as FAIL and queued again, so that
-running the same command again trains it) and ends the worker; a worker that is killed
+stops the running trial at its next step (recorded as FAIL and queued again with the
+same parameters, so that running the same command again trains it) and ends the worker; a worker that is killed
 outright is noticed by its heartbeat (:mod:`.study`).
 """
 
@@ -91,25 +91,9 @@ def run_worker(
             except KeyboardInterrupt:  # a second Ctrl-C: the trial is FAIL already
                 stop.received = signal.SIGINT
         if stop.received is not None:
-            requeue_interrupted(study)
             return stop.received
         wait_for_running(study, plan, stop)
     return None
-
-
-def requeue_interrupted(study) -> None:
-    """Queue again, with the same parameters, the trials of this process that a signal
-    stopped (they are FAIL), so that the next run of the command trains them."""
-    import os
-    import socket
-
-    from optuna.trial import TrialState
-
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("worker") == me and not t.user_attrs.get("requeued"):
-            study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
 def wait_for_running(study, plan: TunePlan, stop: StopFlag) -> None:
