@@ -301,3 +301,26 @@ def test_sqlite_serves_several_workers_without_database_is_locked(tmp_path):
     done = load(storage, "load").get_trials()
     assert len(done) == workers * trials
     assert all(t.state.name == "COMPLETE" for t in done)
+
+
+def test_a_run_that_skips_the_test_never_evaluates_the_test_split(
+    tiny_fashion_mnist, tmp_path, monkeypatch, one_thread
+):
+    from convzoo.train import TrainConfig, train
+    from convzoo.train.setup import Loaders
+
+    seen = []
+    real = Loaders.eval_loader
+
+    def spy(self, images, labels, procs):
+        seen.append(len(labels))
+        return real(self, images, labels, procs)
+
+    monkeypatch.setattr(Loaders, "eval_loader", spy)
+    cfg = TrainConfig(model="resnet18", width=0.125, epochs=1, batch_size=32, val_size=0.25,
+                      tta=True, out=str(tmp_path / "run"), quiet=True)  # fmt: skip
+    result = train(cfg, test=False).result
+    assert result["test_accuracy"] is None and result["tested"] is False
+    assert 0 <= result["final_val_accuracy_tta"] <= 1
+    assert 40 not in seen  # the 40 test images were never made into a loader
+    assert "test_accuracy_tta" not in result
