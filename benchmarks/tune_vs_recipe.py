@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _record import machine  # noqa: E402
 
+from convzoo.train.recipes import family_of  # noqa: E402
+
 
 def train(model: str, recipe: str, budget: str, seed: int, out: Path) -> float:
     argv = [sys.executable, "-m", "convzoo", "train", model, "--recipe", recipe,
@@ -47,7 +49,7 @@ def main() -> None:
         tune += ["--recipe", "none"]
     print(f"machine: {machine()}\ncommand: {' '.join(tune[1:])}", flush=True)
     subprocess.run(tune, check=True)
-    family = args.model.rstrip("0123456789_bn")
+    family = family_of(args.model)
     rows = {}
     for label, recipe in (("shipped", family), ("tuned", str(study / "best.toml"))):
         rows[label] = [train(args.model, recipe, args.trial_budget, s, out / f"{label}-{s}")
