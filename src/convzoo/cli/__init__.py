@@ -24,6 +24,7 @@ COMMANDS = [
     "predict",
     "export",
     "compare",
+    "tune",
     "report",
     "bench",
     "data",

@@ -116,6 +116,22 @@ def result(t: Trainer, final: nn.Module, res, res_tta) -> dict[str, Any]:
     return out
 
 
+def untested_result(t: Trainer, final: nn.Module, res, res_tta) -> dict[str, Any]:
+    """result.json of a run that never read the test split (``res``: the final model on
+    the validation split): no test figure; ``final_val_accuracy`` is the final model's,
+    and ``final_val_accuracy_tta`` with ``tta``."""
+    out = result(t, final, res, res_tta)
+    for key in ("test_loss", "test_per_class_accuracy", "test_accuracy_tta", "test_loss_tta"):
+        out.pop(key, None)
+    out["test_accuracy"] = None
+    out["test_images"] = 0
+    out["final_val_accuracy"] = res.accuracy
+    if res_tta is not None:
+        out["final_val_accuracy_tta"] = res_tta.accuracy
+    out["tested"] = False
+    return out
+
+
 def diverged_result(t: Trainer, reason: str) -> dict[str, Any]:
     """result.json of a run stopped by divergence: no test figure, no model file."""
     return {

@@ -22,7 +22,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -62,6 +62,8 @@ def train(
     command: str | None = None,
     started: float | None = None,
     on_step: Callable[[int], None] | None = None,
+    callbacks: Sequence[cb.Callback] = (),
+    test: bool = True,
 ) -> TrainResult:
     """Train ``config.model`` as ``config`` says; return a :class:`TrainResult`.
 
@@ -69,7 +71,11 @@ def train(
     saved config; :data:`~convzoo.train.config.RESUME_OPTIONS` may change).
     ``command``: the command line for result.json. ``started``: the perf_counter() the
     time budget counts from (default: now). ``on_step``: called with the global step
-    after every optimizer step. Under ``torchrun`` every process calls this.
+    after every optimizer step. ``callbacks``: more :class:`~.callbacks.Callback` s,
+    run after the run's own. ``test=False``: the test split is never evaluated; the
+    final evaluation is of the validation split (result.json: ``final_val_accuracy``
+    and, with ``tta``, ``final_val_accuracy_tta``; ``test_accuracy`` is None), as a
+    hyperparameter search needs. Under ``torchrun`` every process calls this.
 
     Raises ConvzooError subclasses for bad options, data or checkpoints,
     TrainingInterrupted after SIGINT/SIGTERM (checkpoint saved), and TrainingDiverged
@@ -79,6 +85,8 @@ def train(
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     with session() as procs:
         trainer = Trainer(config, resume=resume, command=command, started=started, procs=procs)
+        trainer.extra_callbacks = list(callbacks)
+        trainer.test = test
         return trainer.run(on_step)
 
 
@@ -103,6 +111,8 @@ class Trainer:
         self.best_val: float | None = None
         self.best_epoch: int | None = None
         self.train_seconds = 0.0
+        self.extra_callbacks: list[cb.Callback] = []  # the caller's, after the run's own
+        self.test = True  # False: the final evaluation is of the validation split
 
     # ------------------------------------------------------------------ build
 
@@ -175,6 +185,7 @@ class Trainer:
             self.callbacks.append(Finetuning(cfg.freeze_epochs, cfg.freeze_bn, log))
         if procs.enabled:
             self.callbacks.append(cb.RankAgreement(AGREE_EVERY.get(self.device.type, 5)))
+        self.callbacks += self.extra_callbacks
         self.schedule, self.total_steps = setup.plan_steps(self)
         sums_state = None
         if self.ckpt is not None:
@@ -217,7 +228,9 @@ class Trainer:
         )
         self.optimizer = self.new_optimizer()
         self.steps_per_epoch = len(self.loaders.train)
-        self.num_test = len(data.ds.test_labels)
+        self.num_test = len(data.ds.test_labels) if self.test else data.num_val
+        if not self.test and not data.num_val:
+            raise ConfigError("a run that skips the test needs a validation split (--val-size)")
         if self.steps_per_epoch == 0:
             shared = f" shared by {procs.world_size} processes" if procs.enabled else ""
             raise ConfigError(
@@ -355,6 +368,8 @@ class Trainer:
         self.guard.check_weights(self)
         final = self.ema.module if self.ema is not None else self.model
         final.eval()
+        if not self.test:
+            return self._finish_untested(final)
         # Distributed runs: each rank tests its shard; the counts are added up.
         test_loader = self.loaders.eval_loader(ds.test_images, ds.test_labels, procs)
         test_logits = None  # kept for the one-run report, so it needs no second test pass
@@ -380,6 +395,31 @@ class Trainer:
         if self.signals.received is not None:  # rank 0 alone: the others are done
             self.signals.stop(self, self.signals.received, where="while writing the results")
         out.result = outputs.result(self, final, res, res_tta)
+        write_json(self.run_dir / RESULT_FILE, out.result)
+        for callback in self.callbacks:
+            callback.on_train_end(self, out.result)
+        return out
+
+    def _finish_untested(self, final: nn.Module) -> TrainResult:
+        """The end of a run that never reads the test split: the final model is
+        evaluated on the validation split (with TTA when the run uses it)."""
+        from ..evaluate import evaluate
+
+        cfg, procs, ds = self.cfg, self.procs, self.data.ds
+        res = evaluate(final, self.loaders.val, ds.num_classes, distributed=procs.enabled)
+        res_tta = None
+        if cfg.tta:
+            res_tta = evaluate(
+                final, self.loaders.val, ds.num_classes, tta=True, distributed=procs.enabled
+            )
+        self.signals.check(self, "in the final evaluation")
+        out = TrainResult({}, self.run_dir, final, list(self.metrics), list(ds.classes),
+                          None, None, ds)  # fmt: skip
+        if not procs.is_main:
+            out.result = {"rank": procs.rank, "steps": self.step, "test_accuracy": None}
+            return out
+        outputs.write_model(self, final)
+        out.result = outputs.untested_result(self, final, res, res_tta)
         write_json(self.run_dir / RESULT_FILE, out.result)
         for callback in self.callbacks:
             callback.on_train_end(self, out.result)

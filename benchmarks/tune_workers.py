@@ -1,0 +1,59 @@
+"""Two one-thread workers against one two-thread worker: trials finished per hour.
+
+Runs `convzoo tune MODEL --trial-budget T --budget B --pruner none` twice on a fresh
+study each time, once with `--workers 2` (one thread each) and once with `--workers 1
+--threads 2`, and prints the trials each finished and their best validation
+accuracy. Every trial has the same budget, so more finished trials per hour is the
+faster search. Run it on an otherwise idle machine:
+
+    python benchmarks/tune_workers.py resnet18 --trial-budget 2m --budget 30m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import machine  # noqa: E402
+
+
+def run(model: str, trial_budget: str, budget: str, workers: int, threads: int, out: Path,
+        extra: list[str]) -> dict:  # fmt: skip
+    argv = [sys.executable, "-m", "convzoo", "tune", model, "--trial-budget", trial_budget,
+            "--budget", budget, "--pruner", "none", "--workers", str(workers),
+            "--threads", str(threads), "--out", str(out), *extra]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    wall = time.perf_counter() - start
+    rows = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    best = max((r["value"] for r in done), default=float("nan"))
+    return {"trials": len(done), "wall_s": wall, "per_hour": len(done) / wall * 3600,
+            "best": best}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", nargs="?", default="resnet18")
+    p.add_argument("--trial-budget", default="2m")
+    p.add_argument("--budget", default="30m")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="more convzoo tune options")
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, workers, threads in (("2 workers x 1 thread", 2, 1),
+                                        ("1 worker x 2 threads", 1, 2)):  # fmt: skip
+            r = run(args.model, args.trial_budget, args.budget, workers, threads,
+                    Path(tmp) / f"w{workers}", args.extra)  # fmt: skip
+            print(f"{label}: {r['trials']} trials in {r['wall_s']:.0f} s = "
+                  f"{r['per_hour']:.1f} trials/hour, best validation accuracy {r['best']:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
