@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna  # a dev dependency: a missing one fails, never skips
 import pytest
-
-optuna = pytest.importorskip("optuna")
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +184,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL cluster on a free localhost port; its URL."""
-    pytest.importorskip("psycopg")
+    import psycopg  # noqa: F401  (the tune extra's PostgreSQL driver)
+
     bindir = postgres_bin()
     if bindir is None:
         reason = "PostgreSQL binaries (initdb, pg_ctl) not found; apt-get install postgresql"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optuna  # noqa: F401  (a dev dependency: a missing one fails, never skips)
 import pytest
 
 from convzoo.cli import main
@@ -9,8 +10,6 @@ from convzoo.errors import ConfigError
 from convzoo.train.config import FAMILIES
 from convzoo.train.recipes import build_config, recipes_dir
 from convzoo.tune.space import default_space_path, read_space
-
-pytest.importorskip("optuna")
 
 MODELS = {"alexnet": "alexnet", "vgg": "vgg11", "nin": "nin", "googlenet": "googlenet",
           "resnet": "resnet18", "densenet": "densenet121"}  # fmt: skip
