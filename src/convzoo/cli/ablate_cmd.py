@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..ablate import ABLATIONS, TRAIN_FIELDS
-from .common import positive_int
+from .common import positive_int, stderr_writers
 from .options import add_config_arguments, config_overrides
 
 HELPS = {
@@ -76,12 +76,7 @@ def run(args) -> int:
 
     quiet = getattr(args, "quiet", False)
 
-    def log(line: str) -> None:
-        if not quiet:
-            sys.stderr.write(line + "\n")
-
-    def warn(line: str) -> None:
-        sys.stderr.write(f"convzoo ablate: {line}\n")
+    log, warn = stderr_writers("ablate", quiet)
 
     family = args.family
     ablate.check_family(family)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 import time
 
 from ..errors import ConfigError
@@ -111,3 +112,17 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="where to run the model (default: auto = cuda when available)",
     )
+
+
+def stderr_writers(command: str, quiet: bool = False):
+    """``(log, warn)`` for a command: progress lines on stderr unless ``quiet``, and
+    warnings that name the command, always."""
+
+    def log(line: str) -> None:
+        if not quiet:
+            sys.stderr.write(line + "\n")
+
+    def warn(line: str) -> None:
+        sys.stderr.write(f"convzoo {command}: {line}\n")
+
+    return log, warn

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..compare import ALL_MODELS, TRAIN_FIELDS
+from .common import stderr_writers
 from .options import add_config_arguments, config_overrides
 
 __all__ = ["ALL_MODELS", "models_to_train", "register", "run"]
@@ -92,12 +93,7 @@ def run(args) -> int:
     quiet = getattr(args, "quiet", False)
     recipe = getattr(args, "recipe", None)
 
-    def log(line: str) -> None:
-        if not quiet:
-            sys.stderr.write(line + "\n")
-
-    def warn(line: str) -> None:
-        sys.stderr.write(f"convzoo compare: {line}\n")
+    log, warn = stderr_writers("compare", quiet)
 
     models = models_to_train(args)
     given = _given(args)

@@ -68,16 +68,22 @@ def find_recipe(name: str, dataset: str) -> Path:
     raise ConfigError(f"no recipe {name!r} in {folder}{hint}")
 
 
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """The table of the TOML file ``path`` (a ``kind``: "recipe", "space file");
+    ConfigError in one line when it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {kind} {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{kind} {path} is not valid TOML: {exc}") from None
+
+
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """The settings of a recipe file; ConfigError names any unknown key or unusable value."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "recipe")
     data.pop("description", None)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in data:

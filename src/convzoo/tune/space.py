@@ -38,12 +38,7 @@ from ..train.config import (
     option_of,
     unknown_key_message,
 )
-from ..train.recipes import dataset_key, family_of, recipes_dir
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from ..train.recipes import dataset_key, family_of, read_toml, recipes_dir
 
 SPACES_FOLDER = "spaces"
 # Fields a space may not range over: they say where and how long a trial runs, which
@@ -207,13 +202,7 @@ def read_space(path: str | os.PathLike) -> SearchSpace:
     """Read and check a space file (see the module's docstring)."""
     path = Path(path)
     where = f"space {path}"
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read space file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"space file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "space file")
     description = data.pop("description", "")
     family_options = data.pop("model_options", {})
     if not isinstance(family_options, dict):
