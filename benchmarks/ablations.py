@@ -59,7 +59,8 @@ def run_family(family: str, budget: str, seeds: int, out: Path, threads: int | N
         epochs = v["epochs"]
         rows.append([
             family, v["model"], v["variant"], v["removes"] or "(baseline)", budget,
-            ", ".join(map(str, v["seeds"])) or "none finished",
+            "; ".join([", ".join(map(str, v["seeds"]))] * bool(v["seeds"])
+                      + v.get("diverged", [])) or "none finished",
             "-" if mean is None else f"{mean:.4f}",
             "-" if std is None else f"{std:.4f}",
             "-" if loss is None else f"{loss:.4f}",

@@ -10,7 +10,7 @@ from conftest import write_idx_dataset
 from PIL import Image
 
 from convzoo import get_model
-from convzoo.ablate import ABLATIONS, plan_ablation, select_variants
+from convzoo.ablate import ABLATIONS, ablation_table, format_table, plan_ablation, select_variants
 from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.registry import list_models
@@ -100,6 +100,26 @@ def test_plans_use_the_recipe_and_the_variants_options(tmp_path):
     ]
     with pytest.raises(ConfigError, match="varies"):
         plan_ablation("resnet", {"model_options": {"shortcut": True}}, tmp_path)
+
+
+def test_a_diverged_run_is_named_in_the_table_not_averaged(tmp_path):
+    plans = plan_ablation("densenet", {"epochs": 1}, tmp_path)
+    runs = {p.run_dir.parent.name: p.run_dir for p in plans}
+    runs["dense"].mkdir(parents=True)
+    (runs["dense"] / "result.json").write_text(json.dumps(
+        {"seed": 0, "test_accuracy": 0.9, "params": 10, "macs": 20, "epochs": 1.0}))  # fmt: skip
+    runs["chain"].mkdir(parents=True)
+    (runs["chain"] / "result.json").write_text(json.dumps(
+        {"seed": 0, "diverged": True, "test_accuracy": None,
+         "reason": "the training loss became NaN in epoch 1 (by step 10)"}))  # fmt: skip
+    dense, chain = ablation_table(plans, "densenet")
+    assert dense.test_accuracy == [0.9] and dense.diverged == []
+    assert chain.test_accuracy == [] and chain.accuracy_mean is None
+    assert chain.to_dict()["diverged"] == [
+        "seed 0 diverged: the training loss became NaN in epoch 1 (by step 10)"
+    ]
+    table = format_table([dense, chain])
+    assert "| 0 |" in table and "seed 0 diverged: the training loss became NaN" in table
 
 
 def test_ablate_bad_inputs_are_one_line(tmp_path, capsys):

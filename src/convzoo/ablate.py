@@ -231,6 +231,7 @@ class VariantRow:
     epochs: list[float]
     run_dirs: list[str]
     curves: list[list[tuple[float, float]]]  # per seed: (epoch, training loss)
+    diverged: list[str] = field(default_factory=list)  # "seed S: why", runs that diverged
 
     @property
     def accuracy_mean(self) -> float | None:
@@ -260,6 +261,7 @@ class VariantRow:
             "final_train_loss_mean": self.loss_mean,
             "epochs": self.epochs,
             "run_dirs": self.run_dirs,
+            "diverged": self.diverged,
         }
 
 
@@ -307,6 +309,8 @@ def ablation_table(plans: list[Plan], family: str) -> list[VariantRow]:
                        dict(plan.config.model_options), [], [], None, None, [], [], [], []),
         )  # fmt: skip
         result = _read_json(plan.run_dir / RESULT_FILE)
+        if isinstance(result, dict) and result.get("diverged"):
+            row.diverged.append(f"seed {plan.config.seed} diverged: {result.get('reason')}")
         if not isinstance(result, dict) or result.get("test_accuracy") is None:
             continue
         row.seeds.append(int(result.get("seed", plan.config.seed)))
@@ -348,7 +352,8 @@ def format_table(rows: list[VariantRow]) -> str:
         epochs = "-" if not r.epochs else f"{statistics.fmean(r.epochs):.2f}"
         params = "-" if r.params is None else human(r.params)
         macs = "-" if r.macs is None else human(r.macs)
-        seeds = ", ".join(map(str, r.seeds)) or "none finished"
+        seeds = "; ".join([", ".join(map(str, r.seeds))] * bool(r.seeds) + r.diverged)
+        seeds = seeds or "none finished"
         lines.append(
             f"| {r.variant} | {r.removes or '(baseline)'} | {_options_text(r.options)} | {acc} "
             f"| {params} | {macs} | {loss} | {epochs} | {seeds} |"
