@@ -34,6 +34,10 @@ AFTER_TRAINING_SECONDS = 1.0
 AGREE_EVERY = {"cpu": 1, "cuda": 5}
 
 
+class BudgetTooShort(ConfigError):
+    """The time budget cannot fit one step after set-up and the final evaluation."""
+
+
 @dataclasses.dataclass
 class BudgetProbe:
     """How the budget measures a run before planning it.
@@ -161,7 +165,7 @@ class TimeBudget(Callback):
             save_every=self.save_every,
         )
         if total < 1:
-            raise ConfigError(
+            raise BudgetTooShort(
                 f"time budget {format_duration(self.seconds)} is too short: set-up took "
                 f"{elapsed:.1f}s, one step takes {step_s:.2f}s and the final evaluation "
                 f"and saving about {final_s:.1f}s"

@@ -38,6 +38,10 @@ def trial_line(study, frozen) -> str:
     best = best_trial(study)
     best_text = "none yet" if best is None else f"{best.value:.4f} (trial {best.number})"
     state = frozen.state.name.lower()
+    if frozen.user_attrs.get("too_slow"):
+        state += " (too slow for the trial budget)"
+    elif frozen.user_attrs.get("diverged"):
+        state += " (diverged)"
     return f"trial {frozen.number} {state} {value} in {took}: {params} | best {best_text}"
 
 

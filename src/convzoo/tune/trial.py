@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..train import TrainingDiverged, TrainingInterrupted, train
+from ..train.budget import BudgetTooShort
 from ..train.callbacks import Callback
 from .study import FINAL_STEP, REPORT_PERCENTS
 
@@ -98,6 +99,11 @@ def run_trial(trial, plan, stop) -> float:
         trial.set_user_attr("diverged", True)
         trial.set_user_attr("stopped_at_percent", step)
         raise optuna.TrialPruned(f"diverged at {step}% of its steps") from None
+    except BudgetTooShort as exc:
+        # The sampled settings (say, full resolution at double width) cannot take one
+        # step in the trial budget on this machine: a hopeless trial, not a user mistake.
+        trial.set_user_attr("too_slow", str(exc))
+        raise optuna.TrialPruned(f"too slow for the trial budget: {exc}") from None
     except TrainingInterrupted as exc:
         stop.received = exc.signum
         _requeue(trial)
