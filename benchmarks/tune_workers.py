@@ -47,15 +47,23 @@ def main() -> None:
     p.add_argument("--trial-budget", default="2m")
     p.add_argument("--budget", default="30m")
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="more convzoo tune options")
-    args = p.parse_args()
+    p.add_argument("--vary", action="store_true",
+                   help="search the family's space (default: every trial is the shipped "
+                   "recipe, so the steps per trial compare like with like)")  # fmt: skip
+    args, extra = p.parse_known_args()  # the rest goes to convzoo tune
     print(f"machine: {machine()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if not args.vary:
+            space = Path(tmp) / "recipe-only.toml"
+            space.write_text(
+                'description = "the shipped recipe only"\nwidth = { choices = [0.5] }\n'
+            )
+            extra = ["--space", str(space), *extra]
         for label, workers, threads in (("2 workers x 1 thread", 2, 1),
                                         ("1 worker x 2 threads", 1, 2)):  # fmt: skip
             r = run(args.model, args.trial_budget, args.budget, workers, threads,
-                    Path(tmp) / f"w{workers}", args.extra)  # fmt: skip
+                    Path(tmp) / f"w{workers}", extra)  # fmt: skip
             print(f"{label}: {r['trials']} trials in {r['wall_s']:.0f} s = "
                   f"{r['per_hour']:.1f} trials/hour, {r['steps']:.0f} steps per trial, "
                   f"best validation accuracy {r['best']:.4f}")  # fmt: skip
