@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from convzoo.cli import build_parser, main
 from convzoo.cli.options import config_overrides
 from convzoo.errors import ConfigError
+from convzoo.train.argv import to_argv
 from convzoo.train.config import (
     RESUME_OPTIONS,
     TrainConfig,
@@ -24,7 +25,6 @@ from convzoo.train.config import (
     option_of,
     options,
     parse_option,
-    to_argv,
 )
 from convzoo.train.recipes import build_config
 

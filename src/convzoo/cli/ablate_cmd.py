@@ -69,7 +69,7 @@ def run(args) -> int:
     from .. import ablate
     from ..errors import ConfigError
     from ..train import TrainingInterrupted
-    from ..train.config import option_argv
+    from ..train.argv import option_argv
     from ..training import train_run
     from ..units import format_duration
     from .common import command_line

@@ -148,7 +148,7 @@ def _default_out() -> Path:
 
 def _command_line(args, models: list[str], given: dict, recipe: str | None, out: Path) -> str:
     """The command line as typed, or rebuilt from the options when called as a function."""
-    from ..train.config import option_argv
+    from ..train.argv import option_argv
     from .common import command_line
 
     if sys.argv[1:2] == ["compare"]:

@@ -94,7 +94,7 @@ def _run(args, procs, started: float) -> int:
 
 def _command(model: str, overrides: dict, recipe: str | None, resume: str | None) -> str:
     """The command line as typed, or rebuilt from the options when called as a function."""
-    from ..train.config import to_argv
+    from ..train.argv import to_argv
     from .common import command_line
 
     if sys.argv[1:2] == ["train"]:

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..artifacts import CHECKPOINT_DIR, CONFIG_FILE, RESULT_FILE
 from ..errors import ConfigError
-from .config import RESUME_OPTIONS, TrainConfig, flag_of, to_argv
+from .argv import to_argv
+from .config import RESUME_OPTIONS, TrainConfig, flag_of
 from .trainer import TrainingDiverged, TrainResult, train
 
 __all__ = ["Plan", "existing_state", "train_all"]

@@ -73,7 +73,7 @@ class TunePlan:
 
     def train_argv(self, options: dict[str, Any]) -> list[str]:
         """The ``convzoo train`` arguments of a trial (its time budget, no --out)."""
-        from ..train.config import to_argv
+        from ..train.argv import to_argv
 
         given = {**self.fixed, **options}
         given["model_options"] = {
