@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import METRICS_FILE, RESULT_FILE, atomic_write_text, write_json
+from .artifacts import METRICS_FILE, RESULT_FILE, atomic_write_text, read_metrics, write_json
 from .errors import ConfigError
 from .registry import check_model_name
 from .train import build_config
@@ -277,16 +277,8 @@ def _loss_curve(run_dir: Path, steps_per_epoch: Any = None) -> list[tuple[float,
     step / steps_per_epoch where both are known (a time budget's last epoch may be
     partial)."""
     points: list[tuple[float, float]] = []
-    try:
-        lines = (run_dir / METRICS_FILE).read_text().splitlines()
-    except OSError:
-        return points
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        loss = row.get("train_loss") if isinstance(row, dict) else None
+    for row in read_metrics(run_dir / METRICS_FILE):
+        loss = row.get("train_loss")
         if not isinstance(loss, (int, float)) or not math.isfinite(loss):
             continue
         x = float(row.get("epoch", len(points) + 1))
