@@ -13,23 +13,18 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
-    """'AMD EPYC, 2 cores, Linux x86_64, torch 2.13.0+cpu' and the like."""
+    """The CPU with its native bf16/int8 paths, cores, GPU, OS, Python and torch."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from convzoo.lowp import describe_precisions
+
     gpu = ""
     if torch.cuda.is_available():
         gpu = f", {torch.cuda.get_device_name(0)}"
     return (
-        f"{cpu}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
+        f"{describe_precisions()}; {os.cpu_count()} cores{gpu}, {platform.system()} "
+        f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
 
 

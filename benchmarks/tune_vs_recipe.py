@@ -24,9 +24,9 @@ from _record import append_section, machine  # noqa: E402
 from convzoo.train.recipes import family_of  # noqa: E402
 
 
-def train(model: str, recipe: str, budget: str, seed: int, out: Path) -> float:
+def train(model: str, recipe: str, budget: str, seed: int, out: Path, extra: list) -> float:
     argv = [sys.executable, "-m", "convzoo", "train", model, "--recipe", recipe,
-            "--time-budget", budget, "--seed", str(seed), "--out", str(out), "--quiet"]  # fmt: skip
+            "--time-budget", budget, "--seed", str(seed), "--out", str(out), "--quiet", *extra]  # fmt: skip
     subprocess.run(argv, check=True)
     result = json.loads((out / "result.json").read_text())
     return result.get("test_accuracy_tta") or result["test_accuracy"]
@@ -40,12 +40,21 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[101, 102])
     p.add_argument("--from-defaults", action="store_true", help="tune from --recipe none (b)")
     p.add_argument("--out", default=None, help="keep the study and runs here")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of every trial and run (default: all cores); with taskset, "
+        "two benchmarks can share a 2-core machine a core each",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="tune-vs-recipe-"))
     study = out / "study"
     tune = [sys.executable, "-m", "convzoo", "tune", args.model, "--trial-budget",
             args.trial_budget, "--budget", args.budget, "--out", str(study)]  # fmt: skip
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    tune += extra
     if args.from_defaults:
         tune += ["--recipe", "none"]
     print(f"machine: {machine()}\ncommand: {' '.join(tune[1:])}", flush=True)
@@ -53,7 +62,7 @@ def main() -> None:
     family = family_of(args.model)
     rows = {}
     for label, recipe in (("shipped", family), ("tuned", str(study / "best.toml"))):
-        rows[label] = [train(args.model, recipe, args.trial_budget, s, out / f"{label}-{s}")
+        rows[label] = [train(args.model, recipe, args.trial_budget, s, out / f"{label}-{s}", extra)
                        for s in args.seeds]  # fmt: skip
     for label, accs in rows.items():
         each = ", ".join(f"{a:.4f}" for a in accs)
