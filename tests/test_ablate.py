@@ -100,6 +100,8 @@ def test_plans_use_the_recipe_and_the_variants_options(tmp_path):
     ]
     with pytest.raises(ConfigError, match="varies"):
         plan_ablation("resnet", {"model_options": {"shortcut": True}}, tmp_path)
+    lowered = plan_ablation("densenet", {"epochs": 1, "lr": 0.02}, tmp_path / "d")
+    assert {p.config.lr for p in lowered} == {0.02}  # every variant alike
 
 
 def test_a_diverged_run_is_named_in_the_table_not_averaged(tmp_path):

@@ -47,7 +47,7 @@ Log = Callable[[str], None]
 # The TrainConfig fields `convzoo ablate` passes alike to every run.
 TRAIN_FIELDS = (
     "dataset", "data_dir", "epochs", "time_budget", "seed", "width", "limit_train",
-    "val_size", "batch_size", "device", "threads", "quiet", "model_options",
+    "val_size", "batch_size", "lr", "device", "threads", "quiet", "model_options",
 )  # fmt: skip
 
 # What write_ablation writes into OUT.

@@ -16,6 +16,8 @@ HELPS = {
     "time_budget": "wall-clock budget for each run: 90s, 5m, 10m",
     "seed": "the first seed; --seeds K runs seeds SEED .. SEED+K-1",
     "threads": "CPU threads for each run's training",
+    "lr": "peak learning rate for every variant alike (default: the recipe's); e.g. for a "
+    "variant that diverges at the recipe's",
 }
 
 
